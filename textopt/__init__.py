@@ -1,0 +1,42 @@
+"""textopt: PyTorch-style textual autodiff for the text inside LLM pipelines.
+
+Variables hold prompts, code and answers; running a pipeline records a graph; `loss.backward()`
+asks an LLM for natural-language gradients; optimizers rewrite the trainable variables.
+Importing textopt is cheap and side-effect free: providers, networkx and jinja2 load on first use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .context import using
+from .engines import Completion, Engine, ScriptedEngine, Usage, get_engine, track_usage
+from .errors import BudgetExceeded, EngineError, GraphError, ParseError, TextoptError, UpdateError
+from .function import Context, Feedback, Function
+from .loss import TextLoss
+from .ops import LLM, LLMCall, sum
+from .optim import TGD, Optimizer, UpdateFailure
+from .variable import Gradient, Variable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM", "LLMCall", "TGD", "BudgetExceeded", "Completion", "Context", "Engine", "EngineError", "Feedback",
+    "Function", "Gradient", "GraphError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
+    "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
+    "track_usage", "using",
+]
+
+_LAZY = {
+    "graph": ("textopt.graph", "graph"),
+}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first touch
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'textopt' has no attribute {name!r}")

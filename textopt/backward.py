@@ -1,0 +1,177 @@
+"""The textual backward pass: schedule every op's backward as soon as its output's feedback is complete.
+
+A variable's feedback is complete when every consumer in the graph has sent its part. Ready ops run
+concurrently (each engine bounds its own calls in flight), so wall time follows the graph's critical
+path, not the number of calls. Feedback from many consumers is condensed before use (`feedback_text`).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .context import resolve_backward_engine
+from .errors import GraphError
+from .function import Feedback
+from .prompts import render_messages
+from .variable import Variable
+
+if TYPE_CHECKING:
+    from .engines.base import Engine
+
+#: Up to this many gradients (and this many characters together) are passed on verbatim.
+DIRECT_LIMIT = 3
+JOINED_CHARS = 3000
+#: Larger sets are condensed by the LLM in groups of this size, level by level, until one text is left.
+GROUP_SIZE = 4
+#: Each gradient shown to an LLM is cut to this many characters.
+GRADIENT_CHARS = 2000
+
+
+def topological_order(root: Variable) -> list[Variable]:
+    """Ancestors of `root` that require grad, each after all its consumers (root first).
+
+    Raises GraphError naming a variable on a cycle.
+    """
+    order: list[Variable] = []
+    state: dict[int, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[tuple[Variable, int]] = [(root, 0)]
+    path: list[Variable] = []
+    while stack:
+        var, i = stack.pop()
+        if i == 0:
+            if state.get(id(var)) == 2:
+                continue
+            state[id(var)] = 1
+            path.append(var)
+        parents = [p for p in var.parents if p.requires_grad]
+        if i < len(parents):
+            stack.append((var, i + 1))
+            p = parents[i]
+            s = state.get(id(p))
+            if s == 1:
+                cycle = path[path.index(p):] + [p]
+                names = " -> ".join(v.name for v in cycle)
+                raise GraphError(
+                    f"the graph has a cycle through variable {p.name!r} ({names}); a variable can't be its own ancestor: "
+                    "build a new Variable instead of re-pointing parents"
+                )
+            if s is None:
+                stack.append((p, 0))
+        else:
+            state[id(var)] = 2
+            path.pop()
+            order.append(var)
+    order.reverse()  # post-order reversed: consumers before producers
+    return order
+
+
+def _joined(var: Variable) -> str:
+    grads = var.gradients
+    if len(grads) == 1:
+        return grads[0].text
+    parts = [f"[feedback {i} of {len(grads)}, via {g.source_role or 'a consumer'}]\n{g.text}" for i, g in enumerate(grads, 1)]
+    return "\n\n".join(parts)
+
+
+async def feedback_text(var: Variable, engine: "Engine") -> str:
+    """All feedback on `var` as one bounded text.
+
+    Up to DIRECT_LIMIT short gradients are joined as they are. More are condensed hierarchically:
+    groups of GROUP_SIZE (each gradient cut to GRADIENT_CHARS) are merged by one LLM call each,
+    concurrently, level by level. So an update prompt holds at most GROUP_SIZE × GRADIENT_CHARS of
+    feedback however many gradients arrived: 64 gradients cost 16 + 4 + 1 = 21 small calls, not a
+    64× prompt. The result is cached on the variable until its gradients change.
+    """
+    grads = var.gradients
+    if not grads:
+        return ""
+    if var._feedback_cache is not None and var._feedback_cache[0] == len(grads):
+        return var._feedback_cache[1]
+    total = sum(len(g.text) for g in grads)
+    if len(grads) <= DIRECT_LIMIT and total <= JOINED_CHARS:
+        text = _joined(var)
+    else:
+        texts = [g.text for g in grads]
+        while len(texts) > 1:
+            groups = [texts[i : i + GROUP_SIZE] for i in range(0, len(texts), GROUP_SIZE)]
+            texts = list(await asyncio.gather(*(_condense(var, group, engine) for group in groups)))
+        text = texts[0]
+    var._feedback_cache = (len(grads), text)
+    return text
+
+
+async def _condense(var: Variable, texts: list[str], engine: "Engine") -> str:
+    if len(texts) == 1:
+        return texts[0]
+    messages = render_messages("condense.j2", role=var.role, feedback=texts, limit=GRADIENT_CHARS)
+    reply = await engine.acomplete(messages)
+    text = reply.text.strip()
+    return text[: GRADIENT_CHARS] if text else "\n".join(t[: GRADIENT_CHARS // len(texts)] for t in texts)
+
+
+async def run_backward(root: Variable, engine: "Engine | str | None" = None) -> None:
+    """Send textual gradients from `root` to every ancestor that requires grad."""
+    if not isinstance(root, Variable):
+        raise TypeError(f"backward starts from a Variable, got {type(root).__name__}")
+    if not root.requires_grad:
+        raise GraphError(
+            f"variable {root.name!r} does not require grad: no trainable Variable (requires_grad=True) leads to it, "
+            "so backward has nothing to improve"
+        )
+    eng = resolve_backward_engine(engine)
+    order = topological_order(root)
+    in_graph = {id(v) for v in order}
+    pending = {id(v): 0 for v in order}
+    for v in order:
+        for p in v.parents:
+            if id(p) in in_graph:
+                pending[id(p)] += 1
+
+    tasks: set[asyncio.Task[None]] = set()
+    done = asyncio.Event()
+    errors: list[BaseException] = []
+    remaining = [sum(1 for v in order if v.grad_fn is not None)]
+
+    async def visit(var: Variable) -> None:
+        try:
+            own = var.text
+            if (var is root and not var.gradients) or all(g.text == own for g in var.gradients):
+                # The output is the objective itself (a loss, or a loss passed through a sum).
+                fb = Feedback(text=own, is_objective=True)
+            else:
+                fb = Feedback(text=await feedback_text(var, eng))
+            targets = [p for p in var.parents if id(p) in in_graph]
+            assert var.grad_fn is not None and var.ctx is not None
+            grads = await var.grad_fn.backward(var.ctx, var, fb, eng) if targets else {}
+            for p in targets:
+                text = grads.get(p)
+                if text:
+                    p.add_gradient(text, source=var)
+            for p in targets:
+                pending[id(p)] -= 1
+                if pending[id(p)] == 0 and p.grad_fn is not None:
+                    schedule(p)
+        except BaseException as exc:  # surface the first failure, naming the variable
+            if isinstance(exc, Exception):
+                exc.add_note(f"(textopt: while sending feedback back through {var.name!r}, role: {var.role})")
+            errors.append(exc)
+            done.set()
+            return
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            done.set()
+
+    def schedule(var: Variable) -> None:
+        task = asyncio.ensure_future(visit(var))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    if root.grad_fn is None:
+        return  # a leaf: its own gradients are all there is
+    schedule(root)  # leaves are never scheduled; an op runs once all its consumers delivered
+    await done.wait()
+    if errors:
+        for t in list(tasks):
+            t.cancel()
+        exc = errors[0]
+        raise exc

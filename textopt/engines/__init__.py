@@ -1,0 +1,49 @@
+"""Engines: one small interface in front of every provider. Providers are imported only when built."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Completion, Engine, Request
+from .cache import DiskCache
+from .scripted import ScriptedEngine
+from .usage import Usage, track_usage
+
+__all__ = ["Completion", "DiskCache", "Engine", "Request", "ScriptedEngine", "Usage", "as_engine", "get_engine", "track_usage"]
+
+
+def get_engine(spec: str, **options: Any) -> Engine:
+    """Build an engine from a spec string.
+
+    "local" (or "local:/path/model.gguf"): embedded SmolLM2 via llama.cpp; "openai:<model>" (with
+    base_url=... for any OpenAI-compatible server); "litellm:<model>"; "scripted" (reply=..., latency=...).
+    """
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "local":
+        from .local import LocalEngine
+
+        return LocalEngine(rest or options.pop("model_path", None), **options)
+    if kind == "openai":
+        from .openai import OpenAIEngine
+
+        if not rest:
+            raise ValueError("openai engine spec needs a model: 'openai:<model>', e.g. 'openai:gpt-4.1-mini'")
+        return OpenAIEngine(rest, **options)
+    if kind == "litellm":
+        from .litellm import LiteLLMEngine
+
+        if not rest:
+            raise ValueError("litellm engine spec needs a model: 'litellm:<provider/model>'")
+        return LiteLLMEngine(rest, **options)
+    if kind == "scripted":
+        return ScriptedEngine(**options)
+    raise ValueError(f"unknown engine spec {spec!r}: use 'local', 'openai:<model>', 'litellm:<model>' or 'scripted'")
+
+
+def as_engine(engine: Engine | str) -> Engine:
+    """An Engine as is; a spec string built with `get_engine`."""
+    if isinstance(engine, Engine):
+        return engine
+    if isinstance(engine, str):
+        return get_engine(engine)
+    raise TypeError(f"expected an Engine or an engine spec string, got {type(engine).__name__}")

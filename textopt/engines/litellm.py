@@ -1,0 +1,75 @@
+"""Any provider litellm knows. litellm is imported only when this engine is built."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import Completion, Engine, Request
+
+
+def _import_litellm() -> Any:
+    # Use the cost map shipped in the package: no network fetch at import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LiteLLMEngine(Engine):
+    """`litellm.acompletion` with our retries (litellm's own are off). Extra kwargs (api_base, api_key)
+    are passed through to litellm on every call and never enter the cache key."""
+
+    kind = "litellm"
+    supports_json_schema = True
+
+    def __init__(self, model: str, *, api_base: str | None = None, api_key: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._litellm = _import_litellm()
+        self.api_base = api_base
+        self._api_key = api_key
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
+
+    def is_transient(self, exc: BaseException) -> bool:
+        ll = self._litellm
+        transient = tuple(
+            t
+            for t in (
+                getattr(ll, "RateLimitError", None),
+                getattr(ll, "Timeout", None),
+                getattr(ll, "APIConnectionError", None),
+                getattr(ll, "InternalServerError", None),
+                getattr(ll, "ServiceUnavailableError", None),
+            )
+            if isinstance(t, type)
+        )
+        if transient and isinstance(exc, transient):
+            return True
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            return status >= 500 or status == 429
+        return super().is_transient(exc)
+
+    async def _acomplete(self, request: Request) -> Completion:
+        kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if v is not None}
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self._api_key:
+            kwargs["api_key"] = self._api_key
+        if request.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
+            }
+        resp = await self._litellm.acompletion(model=self.model, messages=request.messages, num_retries=0, **kwargs)
+        text = resp.choices[0].message.content or ""
+        usage = getattr(resp, "usage", None)
+        return Completion(
+            text=text,
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            model=getattr(resp, "model", None) or self.model,
+        )

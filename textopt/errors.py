@@ -1,0 +1,30 @@
+"""Exceptions that name what went wrong and what to do about it."""
+from __future__ import annotations
+
+
+class TextoptError(Exception):
+    """Base class of every textopt error."""
+
+
+class GraphError(TextoptError):
+    """The computation graph can't be used as it is (a cycle, a value an op can't take)."""
+
+
+class EngineError(TextoptError):
+    """A provider call failed for good (after retries where retrying made sense)."""
+
+
+class BudgetExceeded(TextoptError):
+    """A token or call budget was reached; the run should stop cleanly."""
+
+
+class ParseError(TextoptError):
+    """An LLM reply could not be turned into the structure we asked for."""
+
+    def __init__(self, message: str, reply: str = "") -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class UpdateError(TextoptError):
+    """An optimizer could not produce a usable new value (raised only in strict mode)."""

@@ -1,0 +1,5 @@
+"""Built-in ops. Each file holds one op: its forward and its textual backward together."""
+from .llm import LLM, LLMCall
+from .sum import Sum, sum
+
+__all__ = ["LLM", "LLMCall", "Sum", "sum"]

@@ -1,0 +1,124 @@
+"""Variable: a value in a text pipeline, the node of the dynamic graph, and the holder of its feedback.
+
+The graph is only `parents` links (and the op that made the variable); drop the variables and the
+graph goes with them. There is no registry.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ._sync import run_sync
+
+if TYPE_CHECKING:
+    from .engines.base import Engine
+    from .function import Context, Function
+
+_counter = itertools.count(1)
+
+
+def _slug(role: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "_", role.lower()).strip("_")
+    return (s[:32].rstrip("_") or "var")
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """One piece of textual feedback: what it says and which consumer sent it."""
+
+    text: str
+    source: str = ""  # name of the variable whose op produced this feedback
+    source_role: str = ""
+
+
+def as_text(value: Any) -> str:
+    """How a value reads wherever an LLM sees it: str as is, JSON when it can be, else repr."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class Variable:
+    """A value (usually text) with a role, optionally trainable, linked to the variables it came from.
+
+    role says what the value is for ("system prompt of the counting assistant"); the LLM sees it in
+    every gradient and update prompt, so make it specific. Trainable variables must hold text.
+    """
+
+    def __init__(
+        self,
+        value: Any,
+        *,
+        role: str,
+        requires_grad: bool = False,
+        name: str | None = None,
+        parents: Iterable["Variable"] = (),
+    ) -> None:
+        if not isinstance(role, str) or not role.strip():
+            raise ValueError("Variable needs a role: a short description of what the value is, e.g. role='system prompt'")
+        self.role = role
+        self.name = name if name is not None else f"{_slug(role)}_{next(_counter)}"
+        self.parents: tuple[Variable, ...] = tuple(parents)
+        for p in self.parents:
+            if not isinstance(p, Variable):
+                raise TypeError(f"parents of {self.name!r} must be Variables, got {type(p).__name__}")
+        if requires_grad and not self.parents and not isinstance(value, str):
+            raise TypeError(
+                f"trainable variable {self.name!r} holds a {type(value).__name__}; trainable values must be text "
+                "(convert it with str(...) or keep it constant with requires_grad=False)"
+            )
+        self.value = value
+        self.requires_grad = bool(requires_grad)
+        self.gradients: list[Gradient] = []
+        self.grad_fn: "Function | None" = None
+        self.ctx: "Context | None" = None
+        self._feedback_cache: tuple[int, str] | None = None
+
+    # -- text ---------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        """The value as the LLM reads it."""
+        return as_text(self.value)
+
+    def set_value(self, value: str) -> None:
+        """Replace the value (optimizers call this). Trainable values stay text."""
+        if self.requires_grad and not self.parents and not isinstance(value, str):
+            raise TypeError(f"new value of trainable variable {self.name!r} must be text, got {type(value).__name__}")
+        self.value = value
+        self._feedback_cache = None
+
+    # -- gradients ----------------------------------------------------------------------------
+    def add_gradient(self, text: str, source: "Variable | None" = None) -> None:
+        """Record feedback on this variable (from a consumer, or given by hand)."""
+        self.gradients.append(Gradient(text=text, source=source.name if source else "", source_role=source.role if source else ""))
+        self._feedback_cache = None
+
+    def zero_grad(self) -> None:
+        self.gradients.clear()
+        self._feedback_cache = None
+
+    async def abackward(self, engine: "Engine | str | None" = None) -> None:
+        """Textual backward pass from this variable (usually a loss): feedback reaches every trainable ancestor."""
+        from .backward import run_backward
+
+        await run_backward(self, engine)
+
+    def backward(self, engine: "Engine | str | None" = None) -> None:
+        """Sync `abackward`; works in scripts and inside a notebook's running event loop."""
+        run_sync(self.abackward(engine))
+
+    # -- misc -----------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        text = self.text
+        short = text if len(text) <= 60 else text[:57] + "..."
+        flag = ", requires_grad=True" if self.requires_grad else ""
+        return f"Variable({short!r}, role={self.role!r}, name={self.name!r}{flag})"
