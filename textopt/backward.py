@@ -7,16 +7,12 @@ path, not the number of calls. Feedback from many consumers is condensed before 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
-
 from .context import resolve_backward_engine
+from .engines.base import Engine
 from .errors import GraphError
 from .function import Feedback
 from .prompts import render_messages
 from .variable import Variable
-
-if TYPE_CHECKING:
-    from .engines.base import Engine
 
 #: Up to this many gradients (and this many characters together) are passed on verbatim.
 DIRECT_LIMIT = 3
@@ -73,7 +69,7 @@ def _joined(var: Variable) -> str:
     return "\n\n".join(parts)
 
 
-async def feedback_text(var: Variable, engine: "Engine") -> str:
+async def feedback_text(var: Variable, engine: Engine) -> str:
     """All feedback on `var` as one bounded text.
 
     Up to DIRECT_LIMIT short gradients are joined as they are. More are condensed hierarchically:
@@ -100,7 +96,7 @@ async def feedback_text(var: Variable, engine: "Engine") -> str:
     return text
 
 
-async def _condense(var: Variable, texts: list[str], engine: "Engine") -> str:
+async def _condense(var: Variable, texts: list[str], engine: Engine) -> str:
     if len(texts) == 1:
         return texts[0]
     messages = render_messages("condense.j2", role=var.role, feedback=texts, limit=GRADIENT_CHARS)
@@ -109,7 +105,7 @@ async def _condense(var: Variable, texts: list[str], engine: "Engine") -> str:
     return text[: GRADIENT_CHARS] if text else "\n".join(t[: GRADIENT_CHARS // len(texts)] for t in texts)
 
 
-async def run_backward(root: Variable, engine: "Engine | str | None" = None) -> None:
+async def run_backward(root: Variable, engine: Engine | str | None = None) -> None:
     """Send textual gradients from `root` to every ancestor that requires grad."""
     if not isinstance(root, Variable):
         raise TypeError(f"backward starts from a Variable, got {type(root).__name__}")
@@ -118,7 +114,8 @@ async def run_backward(root: Variable, engine: "Engine | str | None" = None) -> 
             f"variable {root.name!r} does not require grad: no trainable Variable (requires_grad=True) leads to it, "
             "so backward has nothing to improve"
         )
-    eng = resolve_backward_engine(engine)
+    produced_by = root.ctx.get("engine") if root.ctx is not None else None
+    eng = resolve_backward_engine(engine, produced_by if isinstance(produced_by, Engine) else None)
     order = topological_order(root)
     in_graph = {id(v) for v in order}
     pending = {id(v): 0 for v in order}

@@ -61,10 +61,11 @@ def resolve_engine(engine: "Engine | str | None" = None) -> "Engine":
     return _engine.get() or _fallback()
 
 
-def resolve_backward_engine(engine: "Engine | str | None" = None) -> "Engine":
-    """The engine for gradients and updates: explicit, then backward default, then forward default."""
+def resolve_backward_engine(engine: "Engine | str | None" = None, graph_engine: "Engine | None" = None) -> "Engine":
+    """The engine for gradients and updates: explicit, then the scoped backward default, then the scoped
+    forward default, then the engine that produced the output being differentiated (graph_engine)."""
     from .engines import as_engine
 
     if engine is not None:
         return as_engine(engine)
-    return _backward_engine.get() or _engine.get() or _fallback()
+    return _backward_engine.get() or _engine.get() or graph_engine or _fallback()

@@ -165,13 +165,13 @@ class Engine:
         return sem
 
     async def _with_retries(self, request: Request) -> Completion:
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(self.is_transient),
                 stop=stop_after_attempt(self.retries + 1),
-                wait=wait_exponential_jitter(initial=self.retry_wait, max=30 * self.retry_wait),
+                wait=wait_exponential(multiplier=self.retry_wait, max=30 * self.retry_wait) + wait_random(0, self.retry_wait),
                 reraise=True,
             ):
                 with attempt:

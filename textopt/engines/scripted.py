@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from .base import Completion, Engine, Message, Request
 
-Reply = str | Sequence[str] | Callable[[list[Message]], str]
+Reply = str | BaseException | Sequence[str | BaseException] | Callable[[list[Message]], str | BaseException]
 
 
 class ScriptedEngine(Engine):
@@ -39,7 +39,7 @@ class ScriptedEngine(Engine):
     def _next(self, messages: list[Message]) -> Any:
         if callable(self.reply):
             return self.reply(messages)
-        if isinstance(self.reply, str):
+        if isinstance(self.reply, (str, BaseException)):
             return self.reply
         with self._lock:
             if self._index >= len(self.reply):

@@ -37,7 +37,7 @@ class LLMCall(Function):
         messages.append({"role": "user", "content": require_text(user, "LLM call")})
         engine = resolve_engine(self.engine)
         reply = await engine.acomplete(messages, **self.options)
-        ctx["system"], ctx["user"] = system, user
+        ctx["system"], ctx["user"], ctx["engine"] = system, user, engine
         return reply.text
 
     async def backward(self, ctx: Context, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
