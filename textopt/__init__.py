@@ -14,16 +14,17 @@ from .errors import BudgetExceeded, EngineError, GraphError, ParseError, Textopt
 from .function import Context, Feedback, Function
 from .loss import TextLoss
 from .ops import LLM, LLMCall, sum
-from .optim import TGD, Optimizer, UpdateFailure
+from .optim import TGD, OptoPrime, Optimizer, UpdateFailure
+from .trace import TraceError, trace
 from .variable import Gradient, Variable
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LLM", "LLMCall", "TGD", "BudgetExceeded", "Completion", "Context", "Engine", "EngineError", "Feedback",
+    "LLM", "LLMCall", "OptoPrime", "TGD", "TraceError", "BudgetExceeded", "Completion", "Context", "Engine", "EngineError", "Feedback",
     "Function", "Gradient", "GraphError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
     "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
-    "track_usage", "using",
+    "trace", "track_usage", "using",
 ]
 
 _LAZY = {

@@ -1,0 +1,515 @@
+"""@trace: Python functions as graph nodes, trainable code, and exceptions as error nodes.
+
+A traced function is called with Variables and/or plain values; its body gets plain values and its
+result comes back as a Variable whose parents are the Variable arguments (plus the code Variable when
+the function is trainable). Nothing is registered anywhere: the graph is only the Variables' parents.
+
+Trainable code runs with a time limit. We run it in a fresh daemon thread, in-process (so it can use
+module globals, engines and other traced functions as usual) and wait at most `timeout` seconds. When
+time is up, the call becomes an error node at once, and the thread is stopped by raising an exception
+into it (CPython's PyThreadState_SetAsyncExc, repeated until it unwinds): this ends pure-Python loops,
+which is what an LLM-written infinite loop is. A thread blocked inside C (a long `time.sleep`, a socket
+read) can't be interrupted this way; it is abandoned (daemon) and dies when it returns to Python.
+A subprocess would be killable in every case, but it would need picklable arguments and results, would
+lose the function's globals, engines and caches, and costs tens of milliseconds per call; we chose the
+thread and document the C-blocking gap instead. No sys.settrace, no frame inspection.
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextvars
+import ctypes
+import functools
+import inspect
+import itertools
+import sys
+import textwrap
+import threading
+import traceback
+from typing import Any, Callable, Mapping
+
+from .engines.base import Engine
+from .errors import TextoptError
+from .function import Context, Feedback, Function
+from .variable import Variable, as_text
+
+#: Default time limit (seconds) for one call of trainable code.
+DEFAULT_TIMEOUT = 5.0
+#: Characters of each value shown in the backward prompt of a traced function.
+SHOWN_CHARS = 4000
+
+_counter = itertools.count(1)
+
+
+class TraceError(TextoptError):
+    """A traced function raised. `.variable` is the error node: its value is the annotated traceback,
+    its parents are the call's inputs, so you can backward from it (or hand it to OptoPrime) like any output."""
+
+    def __init__(self, message: str, variable: Variable) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class TraceTimeout(BaseException):
+    """Raised inside trainable code whose time is up (a BaseException, so `except Exception` can't swallow it)."""
+
+
+# -- source --------------------------------------------------------------------------------------
+def _ipython_cells() -> list[str]:
+    ip_mod = sys.modules.get("IPython")
+    if ip_mod is None:
+        return []
+    try:
+        ip = ip_mod.get_ipython()
+    except Exception:
+        return []
+    if ip is None:
+        return []
+    cells = ip.user_ns.get("In") or []
+    return [c for c in cells if isinstance(c, str)]
+
+
+def _def_in(text: str, name: str) -> tuple[str, int] | None:
+    """The source of the last top-level-or-nested def `name` in `text`, and the line it starts on (1-based)."""
+    try:
+        tree = ast.parse(textwrap.dedent(text))
+    except SyntaxError:
+        return None
+    found = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            found = node
+    if found is None:
+        return None
+    lines = textwrap.dedent(text).splitlines()
+    return "\n".join(lines[found.lineno - 1 : found.end_lineno]), found.lineno
+
+
+def find_source(fn: Callable[..., Any]) -> tuple[str, str, int] | None:
+    """(source without decorators, filename, first line number of `def`), or None when it can't be found.
+
+    inspect (which reads linecache: files, and notebook cells registered by IPython), then the IPython
+    input history. A plain `python` REPL keeps no source, so there it is None.
+    """
+    code = getattr(fn, "__code__", None)
+    filename = code.co_filename if code else "<unknown>"
+    try:
+        lines, start = inspect.getsourcelines(fn)
+        found = _def_in("".join(lines), fn.__name__)
+        if found is not None:
+            return found[0], filename, start + found[1] - 1
+    except (OSError, TypeError):
+        pass
+    for cell in reversed(_ipython_cells()):
+        if f"def {fn.__name__}" in cell:
+            found = _def_in(cell, fn.__name__)
+            if found is not None:
+                return found[0], "<ipython-history>", found[1]
+    return None
+
+
+def _signature_key(args: ast.arguments) -> tuple[Any, ...]:
+    """Names and kinds of parameters, and how many have defaults (annotations may change)."""
+    return (
+        tuple(a.arg for a in args.posonlyargs),
+        tuple(a.arg for a in args.args),
+        args.vararg.arg if args.vararg else None,
+        tuple(a.arg for a in args.kwonlyargs),
+        args.kwarg.arg if args.kwarg else None,
+        len(args.defaults),
+        tuple(d is not None for d in args.kw_defaults),
+    )
+
+
+def strip_fences(text: str) -> str:
+    """Code as LLMs like to send it (```python ... ```) -> the code."""
+    t = text.strip()
+    if t.startswith("```"):
+        body = t.split("\n", 1)[1] if "\n" in t else ""
+        if body.rstrip().endswith("```"):
+            body = body.rstrip()[:-3]
+        return body.strip("\n")
+    return text
+
+
+def _function_node(source: str, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
+    tree = ast.parse(source)
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+    if not defs:
+        raise ValueError(f"the code defines no top-level function named {name!r}")
+    return defs[-1]
+
+
+class CodeVariable(Variable):
+    """The source code of a trainable traced function. `check(new)` says why a new version can't be used."""
+
+    def __init__(self, source: str, *, function_name: str, is_async: bool, role: str, name: str) -> None:
+        super().__init__(source, role=role, requires_grad=True, name=name)
+        self.function_name = function_name
+        self.is_async = is_async
+        self._signature = _signature_key(_function_node(source, function_name).args)
+
+    def check(self, new_source: str) -> str | None:
+        """None when `new_source` may replace the code; else the reason it can't (never runs the code)."""
+        if not isinstance(new_source, str) or not new_source.strip():
+            return "the new code is empty"
+        try:
+            tree = ast.parse(new_source)
+        except SyntaxError as exc:
+            return f"the new code does not parse: {exc.msg} at line {exc.lineno}"
+        for node in tree.body:
+            ok = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign))
+            ok = ok or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+            if not ok:
+                return (
+                    f"the new code has a top-level {type(node).__name__} statement at line {node.lineno}; "
+                    "send only the function definition (plus imports or helpers)"
+                )
+        try:
+            node = _function_node(new_source, self.function_name)
+        except ValueError as exc:
+            return f"{exc}; keep the name {self.function_name!r}"
+        if isinstance(node, ast.AsyncFunctionDef) != self.is_async:
+            return f"{self.function_name!r} must stay {'async ' if self.is_async else ''}def"
+        if _signature_key(node.args) != self._signature:
+            return (
+                f"the signature changed to ({ast.unparse(node.args)}); keep the parameters of {self.function_name!r} "
+                "(names, kinds, defaults) exactly as they are"
+            )
+        return None
+
+    def set_value(self, value: str) -> None:
+        """Replace the code; a version that doesn't parse or changes name/signature is refused (ValueError)."""
+        if isinstance(value, str):
+            value = strip_fences(value)
+        reason = self.check(value)
+        if reason is not None:
+            raise ValueError(f"new code for {self.name!r} rejected: {reason}")
+        super().set_value(value)
+
+
+# -- running with a time limit ------------------------------------------------------------------
+def _interrupt(thread: threading.Thread) -> None:
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TraceTimeout))
+
+
+def _start_limited(call: Callable[[], Any], name: str, on_done: Callable[[], None]) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+    ctx = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            box["value"] = ctx.run(call)
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+        finally:
+            box["done"] = True
+            on_done()
+
+    thread = threading.Thread(target=target, name=f"textopt-trainable-{name}", daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _stop(thread: threading.Thread, box: dict[str, Any]) -> None:
+    """Raise TraceTimeout into the thread until it unwinds (at most ~1 s of trying)."""
+    for _ in range(20):
+        if box.get("done") or not thread.is_alive():
+            return
+        _interrupt(thread)
+        thread.join(0.05)
+
+
+def _timeout_error(name: str, timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"{name} did not finish within {timeout:g} s (time limit of trainable code; raise it with "
+        f"@trace(trainable=True, timeout=...)) - an endless loop or a very slow step?"
+    )
+
+
+def run_limited(call: Callable[[], Any], timeout: float, name: str) -> Any:
+    """Run `call()` in a worker thread and return its result, or raise TimeoutError after `timeout` s."""
+    done = threading.Event()
+    thread, box = _start_limited(call, name, done.set)
+    if not done.wait(timeout):
+        _stop(thread, box)
+        raise _timeout_error(name, timeout)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+async def arun_limited(call: Callable[[], Any], timeout: float, name: str) -> Any:
+    """`run_limited` for the async path: the event loop stays free while the call runs."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def on_done() -> None:
+        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+    thread, box = _start_limited(call, name, on_done)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        await asyncio.to_thread(_stop, thread, box)
+        raise _timeout_error(name, timeout) from None
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# -- the op ------------------------------------------------------------------------------------
+class TracedCall(Function):
+    """The op behind every traced function: forward runs the body; backward asks an LLM how each input
+    (including the code, when trainable) should change, with the function's description, code, inputs
+    and output as context. One op per traced function; each call's details live on its Context."""
+
+    def __init__(self, traced: "TracedFunction") -> None:
+        self.traced = traced
+
+    @property
+    def op_name(self) -> str:
+        return self.traced.name
+
+    async def forward(self, ctx: Context, *inputs: Variable) -> Any:  # the call path is TracedFunction._call
+        raise TypeError(f"call the traced function {self.traced.name!r} itself, not its op")
+
+    async def backward(self, ctx: Context, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
+        from .prompts import render_messages
+
+        targets = [p for p in output.parents if p.requires_grad]
+
+        async def one(target: Variable) -> str:
+            messages = render_messages(
+                "trace_backward.j2",
+                name=self.traced.name,
+                description=self.traced.description,
+                code=ctx.get("source") or self.traced.signature_text,
+                args=[(k, v.name if isinstance(v, Variable) else None, as_text(v.value if isinstance(v, Variable) else v))
+                      for k, v in ctx["args"]],
+                output=output,
+                is_error=bool(ctx.get("error")),
+                feedback=feedback,
+                target=target,
+                target_is_code=target is ctx.get("code"),
+                limit=SHOWN_CHARS,
+            )
+            return (await engine.acomplete(messages)).text.strip()
+
+        texts = await asyncio.gather(*(one(t) for t in targets))
+        return dict(zip(targets, texts))
+
+
+class TracedFunction:
+    """A Python function recorded in the graph on every call. Use via `@trace`."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        trainable: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@trace decorates a function, got {type(fn).__name__}")
+        if isinstance(fn, (staticmethod, classmethod)):
+            raise TypeError("put @trace below @staticmethod/@classmethod, directly on the function")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = (description or inspect.getdoc(fn) or "").strip()
+        self.trainable = trainable
+        self.timeout = timeout if timeout is not None else (DEFAULT_TIMEOUT if trainable else None)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.signature_text = f"{'async ' if self.is_async else ''}def {fn.__name__}{self.signature}: ..."
+        found = find_source(fn)
+        self.source: str | None = found[0] if found else None
+        self._filename, self._firstline = (found[1], found[2]) if found else (getattr(fn.__code__, "co_filename", ""), 0)
+        self.code: CodeVariable | None = None
+        if trainable:
+            if self.source is None:
+                raise TraceError(
+                    f"can't read the source code of {fn.__name__!r} (functions typed into a plain python REPL keep "
+                    "none), so it can't be trainable; define it in a file or a notebook cell",
+                    Variable("no source", role="error"),
+                )
+            self.code = CodeVariable(
+                self.source,
+                function_name=fn.__name__,
+                is_async=self.is_async,
+                role=f"Python source code of the function {self.name}",
+                name=f"code_{self.name}",
+            )
+        self._compiled: tuple[str, Callable[..., Any]] | None = None
+        self.op = TracedCall(self)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<traced {'trainable ' if self.trainable else ''}function {self.name}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:  # methods: bind self as a plain argument
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+    def parameters(self) -> list[Variable]:
+        """[the code Variable] when trainable, else []."""
+        return [self.code] if self.code is not None else []
+
+    # -- body selection ---------------------------------------------------------------------
+    def _body(self) -> tuple[Callable[..., Any], str | None]:
+        """The callable to run and the source it came from (the current code when trainable)."""
+        if self.code is None:
+            return self.fn, self.source
+        src = self.code.value
+        if src == self.source:
+            return self.fn, src
+        if self._compiled is None or self._compiled[0] != src:
+            self._compiled = (src, self._compile(src))
+        return self._compiled[1], src
+
+    def _compile(self, src: str) -> Callable[..., Any]:
+        """Build the trainable function from its (checked) code, with the original's globals and closure values."""
+        g = self.fn.__globals__
+        if self.fn.__closure__:
+            g = dict(g)
+            g.update({k: c.cell_contents for k, c in zip(self.fn.__code__.co_freevars, self.fn.__closure__)})
+        ns: dict[str, Any] = {}
+        exec(compile(src, f"<textopt-code:{self.name}>", "exec"), g, ns)
+        return ns[self.fn.__name__]
+
+    # -- calling ----------------------------------------------------------------------------
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[tuple[str, Any]], tuple, dict, list[Variable]]:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{self.signature}: {exc}") from None
+        shown: list[tuple[str, Any]] = []
+        parents: list[Variable] = []
+        for key, val in bound.arguments.items():
+            kind = self.signature.parameters[key].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                for i, v in enumerate(val):
+                    shown.append((f"{key}[{i}]", v))
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                shown.extend((k, v) for k, v in val.items())
+            else:
+                shown.append((key, val))
+        for _, v in shown:
+            if isinstance(v, Variable) and all(v is not p for p in parents):
+                parents.append(v)
+        plain_args = tuple(a.value if isinstance(a, Variable) else a for a in bound.args)
+        plain_kwargs = {k: (v.value if isinstance(v, Variable) else v) for k, v in bound.kwargs.items()}
+        return shown, plain_args, plain_kwargs, parents
+
+    def _record(self, shown: list[tuple[str, Any]], parents: list[Variable], source: str | None, value: Any = None,
+                error: BaseException | None = None) -> Variable:
+        if self.code is not None:
+            parents = [*parents, self.code]
+        ctx = Context(args=shown, source=source, code=self.code, error=error is not None)
+        n = next(_counter)
+        if error is None:
+            var = Variable(value, role=f"output of {self.name}", parents=parents, name=f"{self.name}_{n}")
+        else:
+            text = self._annotate(error, source)
+            var = Variable(text, role=f"error raised by {self.name}", parents=parents, name=f"{self.name}_error_{n}")
+        var.requires_grad = any(p.requires_grad for p in parents)
+        var.grad_fn = self.op
+        var.ctx = ctx
+        return var
+
+    def _fail(self, exc: BaseException, shown: list[tuple[str, Any]], parents: list[Variable], source: str | None) -> TraceError:
+        var = self._record(shown, parents, source, error=exc)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err = TraceError(f"{self.name} raised {type(exc).__name__}: {first} (the error node is .variable: {var.name})", var)
+        err.__cause__ = exc
+        return err
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call with Variables and/or plain values; returns a Variable (a coroutine for async functions)."""
+        if self.is_async:
+            return self.acall(*args, **kwargs)
+        shown, pargs, pkwargs, parents = self._bind(args, kwargs)
+        body, source = self._body()
+        try:
+            if self.timeout is not None:
+                value = run_limited(lambda: body(*pargs, **pkwargs), self.timeout, self.name)
+            else:
+                value = body(*pargs, **pkwargs)
+        except Exception as exc:
+            raise self._fail(exc, shown, parents, source) from exc
+        return self._record(shown, parents, source, value)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Variable:
+        """The async path: awaits async bodies; sync bodies of trainable code run off the loop with the time limit."""
+        shown, pargs, pkwargs, parents = self._bind(args, kwargs)
+        body, source = self._body()
+        try:
+            if self.timeout is not None:
+                if self.is_async:
+                    value = await arun_limited(lambda: asyncio.run(body(*pargs, **pkwargs)), self.timeout, self.name)
+                else:
+                    value = await arun_limited(lambda: body(*pargs, **pkwargs), self.timeout, self.name)
+            elif self.is_async:
+                value = await body(*pargs, **pkwargs)
+            else:
+                value = body(*pargs, **pkwargs)
+        except Exception as exc:
+            raise self._fail(exc, shown, parents, source) from exc
+        return self._record(shown, parents, source, value)
+
+    # -- error text -------------------------------------------------------------------------
+    def _annotate(self, exc: BaseException, source: str | None) -> str:
+        """The exception, and the function's code with the failing line marked `>>`."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        compiled_name = f"<textopt-code:{self.name}>"
+        line_in_source: int | None = None
+        deeper: list[str] = []
+        for fr in frames:
+            if fr.filename == compiled_name and fr.lineno:
+                line_in_source, deeper = fr.lineno, []
+            elif fr.filename == self._filename and self._firstline and source and fr.lineno is not None and \
+                    self._firstline <= fr.lineno < self._firstline + source.count("\n") + 1 and fr.name == self.fn.__name__:
+                line_in_source, deeper = fr.lineno - self._firstline + 1, []
+            elif line_in_source is not None:
+                deeper.append(f'  File "{fr.filename}", line {fr.lineno}, in {fr.name}: {(fr.line or "").strip()}')
+        what = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        if isinstance(exc, TimeoutError) and "did not finish" in str(exc):
+            what = f"TimeoutError: {exc}"
+        out = [f"The call of {self.name} failed with {what}"]
+        if source:
+            lines = source.splitlines()
+            width = len(str(len(lines)))
+            out.append(f"Code of {self.name} (>> marks the line that raised):" if line_in_source else f"Code of {self.name}:")
+            for i, line in enumerate(lines, 1):
+                mark = ">>" if i == line_in_source else "  "
+                out.append(f"{mark} {i:>{width}} | {line}")
+        if deeper:
+            out.append("Raised further down, in code called from that line:")
+            out.extend(deeper[-5:])
+        return "\n".join(out)
+
+
+def trace(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    trainable: bool = False,
+    timeout: float | None = None,
+) -> Any:
+    """Record every call of a Python function in the graph. `@trace`, or `@trace(name=, description=,
+    trainable=, timeout=)`. trainable=True makes the source code a Variable an optimizer can rewrite;
+    its calls then run with a time limit (`timeout` seconds, default DEFAULT_TIMEOUT)."""
+    def wrap(f: Callable[..., Any]) -> TracedFunction:
+        return TracedFunction(f, name=name, description=description, trainable=trainable, timeout=timeout)
+
+    if fn is None:
+        return wrap
+    return wrap(fn)
