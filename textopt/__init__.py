@@ -25,10 +25,18 @@ __all__ = [
     "Function", "Gradient", "GraphError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
     "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
     "trace", "track_usage", "using",
+    "Trainer", "History", "resume", "save", "load", "datasets",  # lazy (see _LAZY)
 ]
 
-_LAZY = {
+_LAZY: dict[str, tuple[str, str | None]] = {
     "graph": ("textopt.graph", "graph"),
+    # training runs (issue 5): loaded on first touch
+    "Trainer": ("textopt.train", "Trainer"),
+    "History": ("textopt.train", "History"),
+    "resume": ("textopt.train", "resume"),
+    "save": ("textopt.checkpoint", "save"),
+    "load": ("textopt.checkpoint", "load"),
+    "datasets": ("textopt.datasets", None),
 }
 
 
@@ -37,7 +45,8 @@ def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first touch
         import importlib
 
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        value = mod if attr is None else getattr(mod, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'textopt' has no attribute {name!r}")
