@@ -69,13 +69,13 @@ def test_litellm_engine_against_llama_cpp_server(llama_server):
 
 @pytest.mark.server
 def test_full_backward_and_step_through_the_server(llama_server):
-    eng = to.get_engine("openai:smollm2", base_url=llama_server, max_tokens=96, max_concurrency=4)
+    eng = to.get_engine("openai:smollm2", base_url=llama_server, max_concurrency=4)
     prompt = to.Variable("Reply.", role="system prompt of an assistant that counts objects", requires_grad=True)
-    llm = to.LLM(eng, system_prompt=prompt)
-    outs = [llm(to.Variable(q, role="question")) for q in ("I have two apples and a pear. How many fruits?", "I have a dog. How many animals?")]
-    total = to.sum(to.TextLoss("Is the count right? Be brief.", engine=eng)(o) for o in outs)
+    llm = to.LLM(eng, system_prompt=prompt, max_tokens=96)
+    outs = [llm(to.Variable("I have two apples and a pear. How many fruits?", role="question"))]
+    total = to.sum(to.TextLoss("Is the count right? Be brief.", engine=eng, max_tokens=96)(o) for o in outs)
     total.backward(eng)
-    assert len(prompt.gradients) == 2
+    assert len(prompt.gradients) == 1 and prompt.gradients[0].text.strip()
     opt = to.TGD([prompt], engine=eng)
     opt.step()
     assert opt.failures == [] and prompt.value != "Reply."

@@ -100,7 +100,7 @@ async def _condense(var: Variable, texts: list[str], engine: Engine) -> str:
     if len(texts) == 1:
         return texts[0]
     messages = render_messages("condense.j2", role=var.role, feedback=texts, limit=GRADIENT_CHARS)
-    reply = await engine.acomplete(messages)
+    reply = await engine.acomplete(messages, max_tokens=GRADIENT_CHARS // 4)
     text = reply.text.strip()
     return text[: GRADIENT_CHARS] if text else "\n".join(t[: GRADIENT_CHARS // len(texts)] for t in texts)
 

@@ -11,7 +11,10 @@ class OpenAIEngine(Engine):
     """Chat completions through the `openai` SDK (imported when the engine is built, not before).
 
     api_key defaults to $OPENAI_API_KEY (a placeholder is used for keyless local servers when
-    base_url is given). JSON schemas go out as structured outputs (`response_format=json_schema`).
+    base_url is given). json_mode says how a JSON schema is sent: "json_schema" (OpenAI structured
+    outputs), "json_object" (`{"type": "json_object", "schema": ...}`, as llama.cpp's server wants),
+    or "auto" (default): structured outputs first, and if the server rejects that request shape,
+    the json_object form from then on.
     """
 
     kind = "openai"
@@ -24,9 +27,13 @@ class OpenAIEngine(Engine):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        json_mode: str = "auto",
         **kwargs: Any,
     ) -> None:
+        if json_mode not in ("auto", "json_schema", "json_object"):
+            raise ValueError(f"json_mode must be 'auto', 'json_schema' or 'json_object', got {json_mode!r}")
         super().__init__(model, **kwargs)
+        self.json_mode = json_mode
         import openai
 
         self._openai = openai
@@ -53,14 +60,23 @@ class OpenAIEngine(Engine):
             return exc.status_code >= 500 or exc.status_code == 429
         return super().is_transient(exc)
 
+    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
+        if self.json_mode == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+
     async def _acomplete(self, request: Request) -> Completion:
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if v is not None}
         if request.json_schema is not None:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
-            }
-        resp = await self._client.chat.completions.create(model=self.model, messages=request.messages, **kwargs)
+            kwargs["response_format"] = self._response_format(request.json_schema)
+        try:
+            resp = await self._client.chat.completions.create(model=self.model, messages=request.messages, **kwargs)
+        except self._openai.APIStatusError as exc:
+            if not (request.json_schema is not None and self.json_mode == "auto" and "response_format" in str(exc)):
+                raise
+            self.json_mode = "json_object"  # this server wants the other shape; remember it
+            kwargs["response_format"] = self._response_format(request.json_schema)
+            resp = await self._client.chat.completions.create(model=self.model, messages=request.messages, **kwargs)
         text = resp.choices[0].message.content or ""
         usage = resp.usage
         return Completion(

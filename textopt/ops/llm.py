@@ -13,6 +13,8 @@ from ..variable import Variable
 
 #: Characters of each value shown in a backward prompt (longer values are elided in the middle).
 SHOWN_CHARS = 6000
+#: Feedback is a short list of criticisms; cap its length so a rambling model can't run to the context end.
+FEEDBACK_MAX_TOKENS = 400
 
 
 class LLMCall(Function):
@@ -56,7 +58,7 @@ class LLMCall(Function):
                 target_role=target.role,
                 limit=SHOWN_CHARS,
             )
-            return (await engine.acomplete(messages)).text.strip()
+            return (await engine.acomplete(messages, max_tokens=FEEDBACK_MAX_TOKENS)).text.strip()
 
         texts = await asyncio.gather(*(one(t) for t in targets))
         return dict(zip(targets, texts))

@@ -20,7 +20,15 @@ UPDATE_SCHEMA: dict[str, Any] = {
     "required": ["reasoning", "new_value"],
     "additionalProperties": False,
 }
-UPDATE_SHAPE = '{"reasoning": "...", "new_value": "..."}'
+UPDATE_SHAPE = '{"reasoning": "<why>", "new_value": "<the full new text>"}'
+_PLACEHOLDERS = {"", "...", "<why>", "<the full new text>", "new value", "<new_value>"}
+
+
+def _usable(text: str) -> str:
+    """Reject replies that echo the requested shape instead of filling it."""
+    if text.strip().lower() in _PLACEHOLDERS:
+        raise ParseError(f"'new_value' is the placeholder {text.strip()!r}, not a new value; write the actual text", text)
+    return text
 
 
 @dataclass
@@ -33,7 +41,7 @@ class TGD(Optimizer):
     """TextGrad-style update. constraints: rules every new value must keep; momentum=k shows the last k
     (value, feedback) pairs; examples: good values to imitate. A reply that can't be parsed is sent back
     once with the error; if the second reply fails too the variable keeps its value and the failure goes
-    to `.failures` (strict=True raises instead)."""
+    to `.failures` (strict=True raises instead). max_tokens caps each update reply."""
 
     def __init__(
         self,
@@ -44,8 +52,10 @@ class TGD(Optimizer):
         momentum: int = 0,
         examples: Sequence[str] = (),
         strict: bool = False,
+        max_tokens: int = 1024,
     ) -> None:
         super().__init__(parameters, engine=engine, strict=strict)
+        self.max_tokens = max_tokens
         if momentum < 0:
             raise ValueError(f"momentum must be >= 0, got {momentum}")
         self.constraints = list(constraints)
@@ -89,15 +99,15 @@ class TGD(Optimizer):
         param.set_value(new_value)
 
     async def _ask(self, messages: list[dict[str, str]], engine: Engine) -> str:
-        reply = await engine.acomplete(messages, json_schema=UPDATE_SCHEMA)
+        reply = await engine.acomplete(messages, json_schema=UPDATE_SCHEMA, max_tokens=self.max_tokens)
         try:
-            return text_field(parse_reply(reply.text, ["new_value"]), "new_value")
+            return _usable(text_field(parse_reply(reply.text, ["new_value"]), "new_value"))
         except ParseError as first:
             repair = render_messages("repair.j2", error=str(first), shape=UPDATE_SHAPE)
             retry = messages + [{"role": "assistant", "content": reply.text}] + repair
-            second = await engine.acomplete(retry, json_schema=UPDATE_SCHEMA)
+            second = await engine.acomplete(retry, json_schema=UPDATE_SCHEMA, max_tokens=self.max_tokens)
             try:
-                return text_field(parse_reply(second.text, ["new_value"]), "new_value")
+                return _usable(text_field(parse_reply(second.text, ["new_value"]), "new_value"))
             except ParseError as exc:
                 raise ParseError(f"{exc} (after one repair request; first error: {first})", second.text) from exc
 
