@@ -12,6 +12,7 @@ from .context import using
 from .engines import Completion, Engine, ScriptedEngine, Usage, get_engine, track_usage
 from .errors import BudgetExceeded, EngineError, GraphError, ParseError, TextoptError, UpdateError
 from .function import Context, Feedback, Function
+from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .loss import TextLoss
 from .ops import LLM, LLMCall, sum
 from .optim import TGD, OptoPrime, Optimizer, UpdateFailure
@@ -24,8 +25,8 @@ __all__ = [
     "LLM", "LLMCall", "OptoPrime", "TGD", "TraceError", "BudgetExceeded", "Completion", "Context", "Engine", "EngineError", "Feedback",
     "Function", "Gradient", "GraphError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
     "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
-    "trace", "track_usage", "using",
-    "Trainer", "History", "resume", "save", "load", "datasets",  # lazy (see _LAZY)
+    "trace", "graph", "track_usage", "using",
+    "Trainer", "History", "resume", "save", "load", "datasets", "aegis",  # lazy (see _LAZY)
 ]
 
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -37,6 +38,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "save": ("textopt.checkpoint", "save"),
     "load": ("textopt.checkpoint", "load"),
     "datasets": ("textopt.datasets", None),
+    "aegis": ("textopt.aegis", None),  # attack/defense co-evolution (issue 4)
 }
 
 

@@ -284,7 +284,7 @@ class TracedCall(Function):
         async def one(target: Variable) -> str:
             messages = render_messages(
                 "trace_backward.j2",
-                name=self.traced.name,
+                fn_name=self.traced.name,
                 description=self.traced.description,
                 code=ctx.get("source") or self.traced.signature_text,
                 args=[(k, v.name if isinstance(v, Variable) else None, as_text(v.value if isinstance(v, Variable) else v))
@@ -327,6 +327,9 @@ class TracedFunction:
         self.timeout = timeout if timeout is not None else (DEFAULT_TIMEOUT if trainable else None)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        simple = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._positional = [k for k, prm in self.signature.parameters.items() if prm.kind in simple]
+        self._positional_only_simple = all(prm.kind in simple for prm in self.signature.parameters.values())
         self.signature_text = f"{'async ' if self.is_async else ''}def {fn.__name__}{self.signature}: ..."
         found = find_source(fn)
         self.source: str | None = found[0] if found else None
@@ -386,6 +389,13 @@ class TracedFunction:
 
     # -- calling ----------------------------------------------------------------------------
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[tuple[str, Any]], tuple, dict, list[Variable]]:
+        if not kwargs and len(args) == len(self._positional) and self._positional_only_simple:  # fast path
+            shown = list(zip(self._positional, args))
+            parents = []
+            for a in args:
+                if isinstance(a, Variable) and all(a is not p for p in parents):
+                    parents.append(a)
+            return shown, tuple(a.value if isinstance(a, Variable) else a for a in args), {}, parents
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

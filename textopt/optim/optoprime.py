@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from ..backward import topological_order
 from ..context import resolve_backward_engine
 from ..engines.base import Engine
 from ..errors import EngineError, GraphError, ParseError, UpdateError
@@ -26,7 +25,7 @@ from .base import Optimizer, UpdateFailure
 from .parse import parse_reply
 
 #: Budget (characters) for the code-like lines of one trace.
-TRACE_CHARS = 5000
+TRACE_CHARS = 4500
 #: Intermediate values are shown up to this many characters.
 VALUE_CHARS = 80
 #: Inputs (constants) and outputs are shown up to these many characters.
@@ -34,8 +33,9 @@ INPUT_CHARS = 400
 OUTPUT_CHARS = 1500
 #: At most this many inputs are listed (the rest are counted).
 MAX_INPUTS = 12
-#: Non-trainable function source shown in the docs, per function.
+#: Non-trainable function source (and docstring) shown in the docs, per function; at most MAX_DOCS functions.
 DOC_CHARS = 600
+MAX_DOCS = 12
 
 
 @dataclass
@@ -140,7 +140,24 @@ class OptoPrime(Optimizer):
 
     @staticmethod
     def _ancestors(output: Variable) -> list[Variable]:
-        return topological_order(output) if output.requires_grad else [output]
+        """Every ancestor of `output` (and itself), consumers before producers; iterative, so deep chains are fine."""
+        order: list[Variable] = []
+        done: set[int] = set()
+        stack: list[tuple[Variable, bool]] = [(output, False)]
+        while stack:
+            var, expanded = stack.pop()
+            if expanded:
+                order.append(var)
+                continue
+            if id(var) in done:
+                continue
+            done.add(id(var))
+            stack.append((var, True))
+            for p in reversed(var.parents):
+                if id(p) not in done:
+                    stack.append((p, False))
+        order.reverse()
+        return order
 
     # -- the prompt ---------------------------------------------------------------------------
     def _view(self, record: _Record) -> TraceView:
@@ -175,11 +192,11 @@ class OptoPrime(Optimizer):
         docs: dict[str, str] = {}
         for v in ops:
             label = _op_label(v)
-            if label in docs:
+            if label in docs or len(docs) >= MAX_DOCS:
                 continue
             fn = getattr(v.grad_fn, "traced", None)
             if fn is not None:
-                doc = fn.description or "(no docstring)"
+                doc = _short(fn.description, DOC_CHARS) if fn.description else "(no docstring)"
                 if fn.code is None:
                     doc += "\nSource:\n" + _short(fn.source or fn.signature_text, DOC_CHARS)
                 else:
