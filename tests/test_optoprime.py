@@ -229,7 +229,7 @@ def test_optoprime_updates_a_real_parameter_on_the_local_model(local_engine):
     instruction = to.Variable("Answer.", role="instruction for the assistant", requires_grad=True, name="instruction")
     request = build_request(instruction, "How many legs does a spider have?")
     answer = to.LLMCall(local_engine, max_tokens=40)(request)
-    opt = to.OptoPrime([instruction], engine=local_engine)
+    opt = to.OptoPrime([instruction], engine=local_engine, max_tokens=120)
     opt.backward(answer, "The answer must be a single number (8) with no other words. Rewrite the instruction to demand that.")
     before = len(local_engine.history)
     opt.step()

@@ -96,7 +96,8 @@ def _call_line(var: Variable, names: dict[int, str]) -> str:
 
 class OptoPrime(Optimizer):
     """Trace-style optimizer. memory=k shows the last k (parameter values, feedback) pairs; constraints are
-    rules every new value must keep. Code parameters (from `@trace(trainable=True)`) are checked before they
+    rules every new value must keep; other keyword options (max_tokens=...) go to the engine with the step call.
+    Code parameters (from `@trace(trainable=True)`) are checked before they
     replace the old code; a rejected suggestion is recorded in `.failures` and told to the LLM next step."""
 
     def __init__(
@@ -107,8 +108,10 @@ class OptoPrime(Optimizer):
         memory: int = 0,
         constraints: Sequence[str] = (),
         strict: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__(parameters, engine=engine, strict=strict)
+        self.options = options  # passed to the engine on the step call, e.g. max_tokens=
         if memory < 0:
             raise ValueError(f"memory must be >= 0, got {memory}")
         self.memory = memory
@@ -318,14 +321,14 @@ class OptoPrime(Optimizer):
 
     async def _ask(self, messages: list[dict[str, str]], engine: Engine) -> tuple[dict[str, Any], str]:
         schema = self.schema()
-        reply = await engine.acomplete(messages, json_schema=schema)
+        reply = await engine.acomplete(messages, json_schema=schema, **self.options)
         try:
             return self._suggestion(reply.text), reply.text
         except ParseError as first:
             shape = '{"reasoning": "...", "suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in self.parameters) + "}}"
             repair = render_messages("repair.j2", error=str(first), shape=shape)
             retry = messages + [{"role": "assistant", "content": reply.text}] + repair
-            second = await engine.acomplete(retry, json_schema=schema)
+            second = await engine.acomplete(retry, json_schema=schema, **self.options)
             try:
                 return self._suggestion(second.text), second.text
             except ParseError as exc:
