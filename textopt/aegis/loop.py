@@ -384,8 +384,8 @@ async def acoevolve(
                 stopped_early = r < rounds
                 break
         errors = await run.error_report()
-    apool = run.pools["attack"]
-    await asyncio.gather(*(run.score("attack", c, "val") for c in apool.members))
+        apool = run.pools["attack"]
+        await asyncio.gather(*(run.score("attack", c, "val") for c in apool.members))
     ranked = sorted(apool.members, key=lambda c: (-(c.val_score or 0.0), -c.train_score, c.order))
     attacks = [run.best["attack"]] + [c.prompt for c in ranked if c.prompt != run.best["attack"]]
     result = Result(
