@@ -8,9 +8,6 @@ networkx is imported on first use, never with textopt itself.
 """
 from __future__ import annotations
 
-import html
-import shutil
-import subprocess
 from typing import Any
 
 from .variable import Variable
@@ -91,6 +88,9 @@ def to_dot(g: Any) -> str:
 
 def to_svg(g: Any, *, engine: str = "auto") -> str:
     """SVG of the graph: graphviz `dot` when installed (engine="auto"/"dot"), else a built-in layered layout."""
+    import shutil
+    import subprocess
+
     dot = shutil.which("dot") if engine in ("auto", "dot") else None
     if engine == "dot" and dot is None:
         raise RuntimeError("graphviz's `dot` is not on PATH; install graphviz (e.g. apt-get install graphviz) or use engine='builtin'")
@@ -105,6 +105,8 @@ def to_svg(g: Any, *, engine: str = "auto") -> str:
 
 def _builtin_svg(g: Any, max_nodes: int = 200) -> str:
     """A plain layered drawing (one row per topological generation), enough to read small graphs inline."""
+    import html
+
     import networkx as nx
 
     nodes = list(nx.topological_sort(g))

@@ -19,12 +19,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextvars
-import ctypes
 import functools
 import inspect
 import itertools
 import sys
-import textwrap
 import threading
 import traceback
 from typing import Any, Callable, Mapping
@@ -72,6 +70,8 @@ def _ipython_cells() -> list[str]:
 
 def _def_in(text: str, name: str) -> tuple[str, int] | None:
     """The source of the last top-level-or-nested def `name` in `text`, and the line it starts on (1-based)."""
+    import textwrap
+
     try:
         tree = ast.parse(textwrap.dedent(text))
     except SyntaxError:
@@ -191,6 +191,8 @@ class CodeVariable(Variable):
 
 # -- running with a time limit ------------------------------------------------------------------
 def _interrupt(thread: threading.Thread) -> None:
+    import ctypes
+
     if thread.ident is not None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TraceTimeout))
 
