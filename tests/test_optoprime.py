@@ -235,3 +235,14 @@ def test_optoprime_updates_a_real_parameter_on_the_local_model(local_engine):
     opt.step()
     assert len(local_engine.history) - before in (1, 2)  # one step call (plus at most one repair)
     assert opt.failures == [] and instruction.value.strip() and instruction.value != "Answer."
+
+
+def test_reply_cut_off_in_its_reasoning_still_yields_the_suggestion():
+    p, out = chain(1)
+    cut = '{"suggestion": {"instruction": "Reply with one number."}, "reasoning": "one response, one response, one resp'
+    engine = to.ScriptedEngine(cut)
+    opt = to.OptoPrime([p], engine=engine)
+    opt.backward(out, "bad")
+    opt.step()
+    assert p.value == "Reply with one number." and opt.failures == [] and len(engine.calls) == 1
+    assert list(opt.schema()["properties"]) == ["suggestion", "reasoning"]

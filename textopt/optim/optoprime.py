@@ -22,7 +22,7 @@ from ..errors import EngineError, GraphError, ParseError, UpdateError
 from ..prompts import render_messages
 from ..variable import Variable
 from .base import Optimizer, UpdateFailure
-from .parse import parse_reply
+from .parse import _objects, parse_reply
 
 #: Budget (characters) for the code-like lines of one trace.
 TRACE_CHARS = 4500
@@ -265,16 +265,18 @@ class OptoPrime(Optimizer):
         names = [p.name for p in self.parameters]
         return {
             "type": "object",
+            # suggestion first: a reply cut off at max_tokens (a small model looping in its reasoning) still
+            # carries a complete suggestion object, which `_suggestion` recovers.
             "properties": {
-                "reasoning": {"type": "string"},
                 "suggestion": {
                     "type": "object",
                     "properties": {n: {"type": "string"} for n in names},
                     "required": names,
                     "additionalProperties": False,
                 },
+                "reasoning": {"type": "string"},
             },
-            "required": ["reasoning", "suggestion"],
+            "required": ["suggestion", "reasoning"],
             "additionalProperties": False,
         }
 
@@ -325,7 +327,7 @@ class OptoPrime(Optimizer):
         try:
             return self._suggestion(reply.text), reply.text
         except ParseError as first:
-            shape = '{"reasoning": "...", "suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in self.parameters) + "}}"
+            shape = '{"suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in self.parameters) + '}, "reasoning": "..."}'
             repair = render_messages("repair.j2", error=str(first), shape=shape)
             retry = messages + [{"role": "assistant", "content": reply.text}] + repair
             second = await engine.acomplete(retry, json_schema=schema, **self.options)
@@ -335,7 +337,14 @@ class OptoPrime(Optimizer):
                 raise ParseError(f"{exc} (after one repair request; first error: {first})", second.text) from exc
 
     def _suggestion(self, text: str) -> dict[str, Any]:
-        obj = parse_reply(text, ["suggestion"])
+        try:
+            obj = parse_reply(text, ["suggestion"])
+        except ParseError:
+            names = {p.name for p in self.parameters}
+            inner = [o for o in _objects(text) if o and set(o) <= names]  # the suggestion object of a cut-off reply
+            if not inner:
+                raise
+            obj = {"suggestion": inner[0]}
         sug = obj["suggestion"]
         if isinstance(sug, str):
             try:
