@@ -29,6 +29,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a run's files are meant to be read
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

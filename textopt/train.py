@@ -370,8 +370,8 @@ class Trainer:
         self._add_usage(usage.to_dict())
         self.rows.append({"step": 0, "epoch": 0, "train": None, "val": val, "best_val": val, "accepted": True,
                           **self._usage_cols(usage.to_dict()), "seconds": round(time.perf_counter() - start, 3), "failures": 0})
+        self._checkpoint()  # saved first: a "step" event means the step is on disk
         self._emit({"event": "step", **self.rows[-1]})
-        self._checkpoint()
 
     def _next_batch(self) -> list[int]:
         if self.cursor >= len(self.order):
@@ -404,7 +404,7 @@ class Trainer:
                 self.optimizer.zero_grad()
                 losses = [loss for _, loss in pairs]
                 total = losses[0] if len(losses) == 1 else tsum(losses)
-                await total.abackward(self.backward_engine)
+                await total.abackward(self._backward_engine(losses))
                 failures_before = len(self.optimizer.failures)
                 before = self._values()
                 await self.optimizer.astep()
@@ -432,8 +432,21 @@ class Trainer:
             "accepted": accepted, **self._usage_cols(usage.to_dict()), "seconds": round(time.perf_counter() - start, 3),
             "failures": failures, "changed": changed,
         })
+        self._checkpoint()  # saved first: a "step" event means the step is on disk
         self._emit({"event": "step", **self.rows[-1]})
-        self._checkpoint()
+
+    def _backward_engine(self, losses: list[Variable]) -> Any:
+        """Explicit backward_engine, else the optimizer's engine, else the engine that computed the losses
+        (a sum of losses has no engine of its own), else the scoped default."""
+        if self.backward_engine is not None:
+            return self.backward_engine
+        if self.optimizer.engine is not None:
+            return self.optimizer.engine
+        for loss in losses:
+            engine = loss.ctx.get("engine") if loss.ctx is not None else None
+            if engine is not None:
+                return engine
+        return None
 
     def _stop_reason(self) -> str | None:
         if self.step >= self.total_steps:

@@ -62,7 +62,8 @@ def scripted_reply(messages: list[dict[str, str]]) -> str:
     system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
     last = messages[-1]["content"]
     if '"new_value"' in system or '"new_value"' in last:
-        m = re.search(r"<value>\s*(.*?)\s*</value>", "\n".join(x["content"] for x in messages), re.S)
+        users = "\n".join(x["content"] for x in messages if x["role"] == "user")
+        m = re.search(r"<value>\s*(.*?)\s*</value>", users, re.S)
         current = m.group(1) if m else DEFAULT_PROMPT
         hints = ["Count each item once.", "Reply with a number.", "Think step by step.", "Check the category."]
         return json.dumps({"reasoning": "address the feedback", "new_value": f"{current} {hints[h % len(hints)]}"})
