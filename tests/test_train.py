@@ -242,3 +242,14 @@ def test_bad_arguments_get_clear_errors():
 
     with pytest.raises(TypeError, match="must return a textopt Variable"):
         to.Trainer(not_a_variable, loss, opt, train=DATA, steps=1).fit()
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
+    reply = lambda m: update_reply("p2") if '"new_value"' in m[0]["content"] else "It is 1."  # noqa: E731
+    _, _, opt, forward, loss = make(reply)
+    to.Trainer(forward, loss, opt, train=DATA[:4], batch_size=2, steps=2).fit()  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
+    _, _, opt, forward, loss = make(reply)
+    to.Trainer(forward, loss, opt, train=DATA[:4], batch_size=2, steps=2, progress=True).fit()
+    err = capsys.readouterr().err
+    assert "2/2" in err and "tokens=" in err
