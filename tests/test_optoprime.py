@@ -246,3 +246,14 @@ def test_reply_cut_off_in_its_reasoning_still_yields_the_suggestion():
     opt.step()
     assert p.value == "Reply with one number." and opt.failures == [] and len(engine.calls) == 1
     assert list(opt.schema()["properties"]) == ["suggestion", "reasoning"]
+
+
+def test_reply_cut_off_inside_one_value_keeps_the_complete_ones():
+    a = to.Variable("a", role="first", requires_grad=True, name="first")
+    b = to.Variable("b", role="second", requires_grad=True, name="second")
+    out = to.Variable("o", role="out", parents=[a, b], requires_grad=True)
+    cut = '{"suggestion": {"first": "new \\"first\\"", "second": "12345678901234567890'
+    opt = to.OptoPrime([a, b], engine=to.ScriptedEngine(cut))
+    opt.backward(out, "bad")
+    opt.step()
+    assert a.value == 'new "first"' and b.value == "b" and opt.failures == []

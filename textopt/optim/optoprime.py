@@ -13,6 +13,7 @@ first occurrence. Trainable values are never cut.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -342,9 +343,17 @@ class OptoPrime(Optimizer):
         except ParseError:
             names = {p.name for p in self.parameters}
             inner = [o for o in _objects(text) if o and set(o) <= names]  # the suggestion object of a cut-off reply
-            if not inner:
-                raise
-            obj = {"suggestion": inner[0]}
+            if inner:
+                obj = {"suggestion": inner[0]}
+            else:  # cut off inside the suggestion: keep the values whose strings were complete
+                found = {}
+                for n in names:
+                    m = re.search(r'"' + re.escape(n) + r'"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+                    if m:
+                        found[n] = json.loads('"' + m.group(1) + '"')
+                if not found:
+                    raise
+                obj = {"suggestion": found}
         sug = obj["suggestion"]
         if isinstance(sug, str):
             try:
