@@ -18,6 +18,7 @@ from typing import Any
 SPEC_KEYS = (
     "engine", "backward_engine", "base_url", "task", "steps", "batch_size", "eval_size", "val_size", "prompt",
     "seed", "no_cache", "concurrency", "budget_tokens", "budget_calls", "patience", "keep_best", "latency",
+    "max_tokens",
 )
 DEFAULT_PROMPT = "You are a helpful assistant. Answer the question."
 
@@ -37,6 +38,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "validation (and revert-if-worse) off (default: 5)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="initial system prompt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=160, help="cap on each answer of the optimized LLM (default: 160)")
     p.add_argument("--concurrency", type=int, default=8, help="forward passes in flight per batch (default: 8)")
     p.add_argument("--budget-tokens", type=int, default=None, help="stop cleanly once this many paid tokens are spent")
     p.add_argument("--budget-calls", type=int, default=None, help="stop cleanly once this many paid calls are made")
@@ -113,7 +115,7 @@ class Job:
         self.train = examples[args.eval_size + args.val_size :]
         self.prompt = to.Variable(args.prompt, role="system prompt of an assistant that answers questions",
                                   requires_grad=True, name="system_prompt")
-        self.llm = to.LLM(self.engine, system_prompt=self.prompt)
+        self.llm = to.LLM(self.engine, system_prompt=self.prompt, max_tokens=args.max_tokens or 160)
         numeric = args.task in ("object_counting", "arithmetic")
         self.optimizer = to.TGD([self.prompt], engine=self.backward_engine,
                                 constraints=["The prompt must ask for the final answer as a number."] if numeric else ())
@@ -130,6 +132,7 @@ class Job:
             f"Question: {example.question}\nThe correct answer is {example.answer}. Say whether the response gives "
             "exactly this answer and, if not, what went wrong in its reasoning. Be brief.",
             engine=self.backward_engine,
+            max_tokens=160,
         ).acall(output)
 
 

@@ -52,7 +52,7 @@ class LocalEngine(Engine):
         n_ctx: int = 8192,
         n_threads: int | None = None,
         seed: int = 0,
-        max_tokens: int | None = 512,
+        max_tokens: int | None = 256,
         **kwargs: Any,
     ) -> None:
         path = Path(model_path) if model_path else smollm2_path()
