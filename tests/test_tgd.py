@@ -134,3 +134,18 @@ def test_parse_reply_error_says_what_is_missing():
         parse_reply('{"reasoning": "x"}', ["new_value"])
     with pytest.raises(to.ParseError, match="empty"):
         parse_reply("   ", ["new_value"])
+
+
+def test_value_the_variable_refuses_is_recorded_not_raised():
+    class Picky(to.Variable):
+        def set_value(self, value):
+            if "bad" in value:
+                raise ValueError("does not parse")
+            super().set_value(value)
+
+    p = Picky("good", role="code", requires_grad=True, name="picky")
+    p.add_gradient("fix it")
+    opt = to.TGD([p], engine=to.ScriptedEngine('{"reasoning": "", "new_value": "bad code"}'))
+    opt.step()
+    assert p.value == "good"
+    assert "refused" in opt.failures[0].error and opt.failures[0].variable == "picky"

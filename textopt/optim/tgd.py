@@ -93,10 +93,17 @@ class TGD(Optimizer):
             if self.strict:
                 raise UpdateError(f"could not update {param.name!r}: {exc}") from exc
             return
+        old_value = param.text
+        try:
+            param.set_value(new_value)  # a variable may refuse a value (e.g. trainable code that doesn't parse)
+        except (ValueError, TypeError) as exc:
+            self.failures.append(UpdateFailure(self.steps, param.name, f"new value refused: {exc}", new_value))
+            if self.strict:
+                raise UpdateError(f"could not update {param.name!r}: {exc}") from exc
+            return
         if self.momentum:
-            self.past[param.name].append(Past(value=param.text, feedback=feedback))
+            self.past[param.name].append(Past(value=old_value, feedback=feedback))
             del self.past[param.name][: -self.momentum]
-        param.set_value(new_value)
 
     async def _ask(self, messages: list[dict[str, str]], engine: Engine) -> str:
         reply = await engine.acomplete(messages, json_schema=UPDATE_SCHEMA, max_tokens=self.max_tokens)
