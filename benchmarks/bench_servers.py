@@ -150,11 +150,14 @@ class _BaseHandler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, payload: dict[str, Any] | bytes) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): nothing to answer
+            self.close_connection = True
 
 
 # --------------------------------------------------------------------------------------------------

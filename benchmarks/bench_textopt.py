@@ -29,7 +29,8 @@ def eval_instruction(question: str, answer: str) -> str:
 
 
 def engine(cfg: dict[str, Any], **kw: Any) -> to.Engine:
-    return to.get_engine("openai:" + cfg["model"], base_url=cfg["base_url"], max_tokens=cfg.get("max_tokens"), **kw)
+    # The peers' clients wait up to 10-15 minutes for a reply; so does ours (a loaded llama.cpp server queues requests).
+    return to.get_engine("openai:" + cfg["model"], base_url=cfg["base_url"], max_tokens=cfg.get("max_tokens"), timeout=900.0, **kw)
 
 
 # -- (a) backward + step wall time -------------------------------------------------------------------

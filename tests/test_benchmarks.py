@@ -41,8 +41,9 @@ def test_fanin_backward_is_concurrent(tiny_run):
     # 8 forward + 8 loss + 16 gradient calls + the update: all reach the server
     assert fan["calls_per_run"] >= 33 and chain["calls_per_run"] >= 22
     assert fan["max_in_flight"] >= 4  # gradient calls overlap
-    # 17 sequential calls would take >= 0.85 s at 50 ms; the chain's 12 are sequential by nature
-    assert fan["median_s"] < 0.8 * chain["median_s"], (fan, chain)
+    # Sequential gradient calls would make the fan-in (17 calls) ~1.4x the chain (12 calls, sequential by
+    # nature); concurrent ones make it ~0.5-0.75x. 1.2x leaves room for a loaded machine.
+    assert fan["median_s"] < 1.2 * chain["median_s"], (fan, chain)
 
 
 def test_optoprime_prompt_is_measured_and_bounded(tiny_run):
