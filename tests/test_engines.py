@@ -85,7 +85,7 @@ def test_same_graph_gives_byte_identical_requests_in_every_process():
     }
     assert len(outs) == 1
     requests = json.loads(outs.pop())
-    assert len(requests) == 6 + 6 + 12 + 2 + 1 + 1  # forward, losses, backward, condense 2 groups + 1, update
+    assert len(requests) == 6 + 6 + 12 + 1  # forward, losses, backward, update (6 short gradients: joined, no condensing)
 
 
 def test_retries_on_transient_errors_only():

@@ -15,7 +15,7 @@ from .prompts import render_messages
 from .variable import Variable
 
 #: Up to this many gradients (and this many characters together) are passed on verbatim.
-DIRECT_LIMIT = 3
+DIRECT_LIMIT = 8
 JOINED_CHARS = 3000
 #: Larger sets are condensed by the LLM in groups of this size, level by level, until one text is left.
 GROUP_SIZE = 4
@@ -72,7 +72,8 @@ def _joined(var: Variable) -> str:
 async def feedback_text(var: Variable, engine: Engine) -> str:
     """All feedback on `var` as one bounded text.
 
-    Up to DIRECT_LIMIT short gradients are joined as they are. More are condensed hierarchically:
+    Up to DIRECT_LIMIT gradients totalling at most JOINED_CHARS are joined as they are (no call).
+    More are condensed hierarchically:
     groups of GROUP_SIZE (each gradient cut to GRADIENT_CHARS) are merged by one LLM call each,
     concurrently, level by level. So an update prompt holds at most GROUP_SIZE × GRADIENT_CHARS of
     feedback however many gradients arrived: 64 gradients cost 16 + 4 + 1 = 21 small calls, not a

@@ -31,11 +31,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--backward-engine", default=None, help="engine for feedback and updates (default: --engine)")
     p.add_argument("--base-url", default=None, help="base URL of an OpenAI-compatible server (with --engine openai:<model>)")
     p.add_argument("--task", default="object_counting", help="built-in task name or a .jsonl/.csv file")
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps (default: 3)")
-    p.add_argument("--batch-size", type=int, default=3, help="training examples per step (default: 3)")
-    p.add_argument("--eval-size", type=int, default=10, help="held-out test examples scored before and after (default: 10)")
-    p.add_argument("--val-size", type=int, default=5, help="validation examples scored after every step; 0 turns "
-                   "validation (and revert-if-worse) off (default: 5)")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps (default: 2)")
+    p.add_argument("--batch-size", type=int, default=2, help="training examples per step (default: 2)")
+    p.add_argument("--eval-size", type=int, default=6, help="held-out test examples scored before and after (default: 6)")
+    p.add_argument("--val-size", type=int, default=3, help="validation examples scored after every step; 0 turns "
+                   "validation (and revert-if-worse) off (default: 3)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="initial system prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=160, help="cap on each answer of the optimized LLM (default: 160)")
