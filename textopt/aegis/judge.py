@@ -38,28 +38,24 @@ class Decision:
         return not self.error
 
 
-def detect_schema(reason_chars: int | None = None) -> dict[str, Any]:
+def _decision_schema(key: str, kind: str, reason_chars: int | None) -> dict[str, Any]:
     reason: dict[str, Any] = {"type": "string"}
     if reason_chars:
         reason["maxLength"] = reason_chars
     return {
         "type": "object",
-        "properties": {"injection": {"type": "boolean"}, "reason": reason},
-        "required": ["injection", "reason"],
+        "properties": {key: {"type": kind}, "reason": reason},
+        "required": [key, "reason"],
         "additionalProperties": False,
     }
+
+
+def detect_schema(reason_chars: int | None = None) -> dict[str, Any]:
+    return _decision_schema("injection", "boolean", reason_chars)
 
 
 def grade_schema(reason_chars: int | None = None) -> dict[str, Any]:
-    reason: dict[str, Any] = {"type": "string"}
-    if reason_chars:
-        reason["maxLength"] = reason_chars
-    return {
-        "type": "object",
-        "properties": {"score": {"type": "number"}, "reason": reason},
-        "required": ["score", "reason"],
-        "additionalProperties": False,
-    }
+    return _decision_schema("score", "number", reason_chars)
 
 
 def _reason(obj: dict[str, Any]) -> str:

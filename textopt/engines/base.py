@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import json
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -207,7 +206,3 @@ class Engine:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
 
-
-def schema_instruction(schema: dict[str, Any]) -> str:
-    """A plain-text rendering of a JSON schema for engines that can't enforce it."""
-    return json.dumps(schema, sort_keys=True)

@@ -1,7 +1,6 @@
 """Sum: join several variables into one (e.g. the losses of a minibatch). Backward needs no LLM call."""
 from __future__ import annotations
 
-import builtins
 from typing import Iterable, Mapping
 
 from ..engines.base import Engine
@@ -14,7 +13,7 @@ class Sum(Function):
     (when the sum is the objective, each input is the objective itself: its own text)."""
 
     def output_role(self, *inputs: Variable) -> str:
-        roles = sorted(builtins.set(v.role for v in inputs))
+        roles = sorted(set(v.role for v in inputs))
         return "sum of " + (roles[0] if len(roles) == 1 else "; ".join(roles))
 
     async def forward(self, ctx: Context, *inputs: Variable) -> str:
@@ -22,12 +21,8 @@ class Sum(Function):
 
     async def backward(self, ctx: Context, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
         if feedback.is_objective:
-            return {v: v.text for v in inputs_of(output) if v.requires_grad}
-        return {v: feedback.text for v in inputs_of(output) if v.requires_grad}
-
-
-def inputs_of(output: Variable) -> tuple[Variable, ...]:
-    return output.parents
+            return {v: v.text for v in output.parents if v.requires_grad}
+        return {v: feedback.text for v in output.parents if v.requires_grad}
 
 
 def sum(variables: Iterable[Variable]) -> Variable:  # noqa: A001 - mirrors torch.sum
