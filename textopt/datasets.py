@@ -1,6 +1,14 @@
 """Built-in procedural tasks with exact answers, and loading of JSONL/CSV files of {question, answer}.
 
 Procedural tasks are generated from a seed, so every machine gets the same examples, offline.
+
+Two kinds of built-in task:
+- answer tasks (object_counting, word_sorting, arithmetic), scored by `exact_match`;
+- label tasks (sentiment, categories), where the *prompt* matters for small models: the reply must name
+  exactly one label word, and the model has to be told which words those are. They are scored by
+  `label_metric(task)`, which returns a score and a sentence of why (feedback an optimizer can read).
+  On SmolLM2-135M an instruction works far better as a template in the user turn around the input than as
+  a system prompt, so the trainable text for these tasks is an instruction template: see `render`.
 """
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 _FRUITS = ["apple", "banana", "orange", "plum", "peach", "grape", "pear", "cherry"]
@@ -77,10 +85,160 @@ def arithmetic(n: int = 50, seed: int = 0) -> list[Example]:
     return out
 
 
+# -- label tasks: the prompt has to teach the label set ------------------------------------------------
+
+_SUBJECTS = ["The movie", "The soup", "The hotel room", "My new phone", "The concert", "The service", "The book",
+             "The train ride", "The coffee", "The new software update", "Our tour guide", "The museum visit",
+             "The pizza", "The customer support call", "The hiking trail", "The laptop", "The play", "The bakery"]
+_POSITIVE = ["was wonderful", "made my whole day", "was a real delight", "exceeded every expectation",
+             "was worth every penny", "left me smiling", "was simply excellent", "felt warm and friendly",
+             "was better than I hoped", "is something I would gladly repeat"]
+_NEGATIVE = ["was awful", "ruined my whole day", "was a complete letdown", "fell far below expectations",
+             "was a waste of money", "left me annoyed", "was simply terrible", "felt cold and rude",
+             "was worse than I feared", "is something I never want to repeat"]
+_SENTIMENT_TAILS = ["", "", " again", " this time", ", honestly", " from start to finish"]
+
+
+def sentiment(n: int = 50, seed: int = 0) -> list[Example]:
+    """'The soup was a complete letdown this time.' -> 'negative' (balanced labels, shuffled)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        pred = rng.choice(_POSITIVE if label == "positive" else _NEGATIVE)
+        out.append(Example(f"{rng.choice(_SUBJECTS)} {pred}{rng.choice(_SENTIMENT_TAILS)}.", label))
+    rng.shuffle(out)
+    return out
+
+
+_ITEMS = {
+    "fruit": _FRUITS + ["mango", "lemon", "kiwi", "melon", "apricot", "strawberry", "pineapple", "fig", "lime", "papaya"],
+    "animal": _ANIMALS + ["tiger", "sheep", "zebra", "eagle", "mouse", "donkey", "camel", "otter", "wolf", "parrot"],
+    "instrument": _INSTRUMENTS + ["harp", "banjo", "saxophone", "oboe", "trombone", "ukulele", "accordion", "tuba",
+                                  "harmonica", "xylophone"],
+}
+_ITEM_ADJECTIVES = ["", "", "small", "big", "old", "new", "cheap", "fine"]
+
+
+def categories(n: int = 50, seed: int = 0) -> list[Example]:
+    """'a shiny banjo' -> 'instrument'; labels fruit / animal / instrument, cycled so they stay balanced."""
+    rng = random.Random(seed)
+    labels = sorted(_ITEMS)
+    out = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        adj = rng.choice(_ITEM_ADJECTIVES)
+        item = rng.choice(_ITEMS[label])
+        phrase = f"{adj} {item}" if adj else item
+        out.append(Example(("an " if phrase[0] in "aeiou" else "a ") + phrase, label))
+    rng.shuffle(out)
+    return out
+
+
+#: The label set of every label task (the metric needs it: a reply must name exactly one of these).
+LABELS: dict[str, tuple[str, ...]] = {
+    "sentiment": ("positive", "negative"),
+    "categories": ("fruit", "animal", "instrument"),
+}
+
+#: A template that passes the input alone: the "no instruction" baseline for label tasks.
+BARE_TEMPLATE = "{input}"
+SLOT = "{input}"
+
+
+def render(template: str, text: str) -> str:
+    """The user message for one input: `template` with its `{input}` slot replaced by `text`.
+
+    Only the literal `{input}` is replaced (other braces are left alone, so a template may show JSON).
+    A template without the slot is an instruction to put before the input: the result is the template,
+    a blank line, then the input. An empty template gives the input alone.
+    """
+    template = template or ""
+    if SLOT in template:
+        return template.replace(SLOT, text)
+    return f"{template.rstrip()}\n\n{text}" if template.strip() else text
+
+
+def found_labels(reply: str, labels: Sequence[str]) -> list[str]:
+    """The distinct label words a reply names, in order of first appearance (whole words, any case;
+    a plain plural such as 'fruits' counts as the label)."""
+    hits: list[tuple[int, str]] = []
+    low = reply.lower()
+    for label in labels:
+        m = re.search(rf"\b{re.escape(label.lower())}s?\b", low)
+        if m:
+            hits.append((m.start(), label))
+    return [label for _, label in sorted(hits)]
+
+
+def label_feedback(reply: str, answer: str, labels: Sequence[str]) -> tuple[float, str]:
+    """(score, why): 1.0 when the reply names exactly one label word and it is `answer`, else 0.0."""
+    named = found_labels(reply, labels)
+    options = " or ".join(repr(x) for x in labels)
+    if named == [answer]:
+        return 1.0, f"correct: the reply named exactly the expected label {answer!r}"
+    if not named:
+        return 0.0, f"reply named no label (it must say one of {options}); expected exactly {answer!r}"
+    if len(named) > 1:
+        listed = " and ".join(repr(x) for x in named)
+        return 0.0, f"reply named {len(named)} labels: {listed}; expected exactly {answer!r}"
+    return 0.0, f"reply named the wrong label {named[0]!r}; expected {answer!r}"
+
+
+def label_metric(task: str | Sequence[str]) -> Callable[[Any, Any], Any]:
+    """metric(example, output) for a label task (a task name from LABELS, or the label words themselves).
+
+    `output` may be a Variable or a string; the example needs an `answer` (attribute or key). Returns a
+    `textopt.evaluate.Score(value, feedback)` when that module is present, else a (score, feedback) tuple."""
+    labels = tuple(LABELS[task]) if isinstance(task, str) else tuple(task)
+    try:
+        from .evaluate import Score  # type: ignore[attr-defined]
+    except ImportError:  # evaluation layer not there yet: plain tuples
+        Score = None  # type: ignore[assignment]  # noqa: N806
+
+    def metric(example: Any, output: Any) -> Any:
+        answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
+        reply = getattr(output, "text", output)
+        value, why = label_feedback(str(reply), str(answer), labels)
+        return Score(value, why) if Score is not None else (value, why)
+
+    metric.__name__ = f"label_metric_{'_'.join(labels)}"
+    return metric
+
+
+def metric_for(name: str) -> Callable[[Any, Any], Any] | None:
+    """The built-in metric of a task: `label_metric` for label tasks, None (exact match) for the others."""
+    return label_metric(name) if name in LABELS else None
+
+
+#: Hand-written instruction templates per label task (measured in BENCHMARKS.md, workload g): the seed
+#: prompt for optimizers is the bare template; these show how far the wording alone moves accuracy.
+TEMPLATES: dict[str, dict[str, str]] = {
+    "sentiment": {
+        "bare": BARE_TEMPLATE,
+        "question": "{input}\nIs this positive or negative?",
+        "one-word": "Is the sentiment of this sentence positive or negative? Answer with one word.\n\nSentence: {input}",
+        "examples": "Classify the sentiment as positive or negative.\nThe cake was lovely. -> positive\n"
+                    "The bus was late and dirty. -> negative\n{input} ->",
+        "label-line": "Sentence: {input}\nSentiment (positive or negative):",
+    },
+    "categories": {
+        "bare": BARE_TEMPLATE,
+        "question": "{input}\nIs this a fruit, an animal or an instrument?",
+        "one-word": "Is the following a fruit, an animal or an instrument? Answer with one word.\n\n{input}",
+        "examples": "Say whether each item is a fruit, an animal or an instrument.\na pear -> fruit\n"
+                    "a horse -> animal\na flute -> instrument\n{input} ->",
+        "label-line": "Item: {input}\nCategory (fruit, animal or instrument):",
+    },
+}
+
+
 TASKS: dict[str, Callable[..., list[Example]]] = {
     "object_counting": object_counting,
     "word_sorting": word_sorting,
     "arithmetic": arithmetic,
+    "sentiment": sentiment,
+    "categories": categories,
 }
 
 
