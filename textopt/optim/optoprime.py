@@ -23,7 +23,7 @@ from ..errors import EngineError, GraphError, ParseError, UpdateError
 from ..prompts import render_messages
 from ..variable import Variable
 from .base import Optimizer, UpdateFailure
-from .parse import _objects, parse_reply
+from .parse import _objects, loads, parse_reply
 
 #: Budget (characters) for the code-like lines of one trace.
 TRACE_CHARS = 4500
@@ -350,14 +350,14 @@ class OptoPrime(Optimizer):
                 for n in names:
                     m = re.search(r'"' + re.escape(n) + r'"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
                     if m:
-                        found[n] = json.loads('"' + m.group(1) + '"')
+                        found[n] = loads('"' + m.group(1) + '"')
                 if not found:
                     raise
                 obj = {"suggestion": found}
         sug = obj["suggestion"]
         if isinstance(sug, str):
             try:
-                sug = json.loads(sug)
+                sug = loads(sug)
             except (json.JSONDecodeError, ValueError):
                 sug = None
             if sug is None and len(self.parameters) == 1:

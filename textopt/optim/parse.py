@@ -9,6 +9,15 @@ from ..errors import ParseError
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
+#: Not strict: a JSON string may hold raw control characters (a literal newline or tab). Grammar-constrained
+#: servers (llama.cpp) emit them, and rejecting such a reply would throw away a usable value.
+_DECODER = json.JSONDecoder(strict=False)
+
+
+def loads(text: str) -> Any:
+    """json.loads that accepts raw control characters inside strings (they are kept in the value)."""
+    return _DECODER.decode(text)
+
 
 def _objects(text: str) -> list[dict[str, Any]]:
     """Every JSON object in `text`, in order: the whole reply, fenced blocks, then any `{` that decodes."""
@@ -17,16 +26,15 @@ def _objects(text: str) -> list[dict[str, Any]]:
     candidates = [stripped] + [m.group(1).strip() for m in _FENCE.finditer(text)]
     for c in candidates:
         try:
-            obj = json.loads(c)
+            obj = loads(c)
         except (json.JSONDecodeError, ValueError):
             continue
         if isinstance(obj, dict):
             found.append(obj)
-    decoder = json.JSONDecoder()
     i = text.find("{")
     while i != -1:
         try:
-            obj, end = decoder.raw_decode(text, i)
+            obj, end = _DECODER.raw_decode(text, i)
         except (json.JSONDecodeError, ValueError):
             i = text.find("{", i + 1)
             continue
