@@ -1,0 +1,712 @@
+"""The run layer: one piece under Trainer, Search and the AEGIS loop that owns a run directory.
+
+A `Run` holds the lock on its directory for the life of the run, writes `spec.json` (how to rebuild the
+run), counts usage (tokens, calls, cached calls, dollars) of everything run inside `run.track()`,
+checks budgets and says why a run stops, appends every event to `log.jsonl` and hands it to the
+callbacks, writes checkpoints atomically (the previous one kept as `checkpoint.prev.json`, used when the
+newest can't be read), keeps every evaluation report under `evals/`, and draws plots on a best-effort
+basis (a missing matplotlib costs a line of output, never a finished run). Everything it writes is
+scrubbed of keys and URL credentials.
+
+    with Run("runs/x", kind="trainer", spec={...}, budgets=Budgets(usd=2.0)) as run:
+        with run.track():
+            ...                                   # LLM calls made here are counted
+        run.save_checkpoint(state)                # atomic, previous kept as backup
+        run.step({"step": 1, "val": 0.5})         # log.jsonl + callbacks
+        if run.stop_reason(step=1, total_steps=10): ...
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from .checkpoint import atomic_write_text
+from .errors import EngineError, TextoptError
+
+if TYPE_CHECKING:
+    from .engines.usage import Usage
+
+CHECKPOINT = "checkpoint.json"
+BACKUP = "checkpoint.prev.json"
+SPEC = "spec.json"
+LOG = "log.jsonl"
+LOCK = ".lock"
+EVALS = "evals"
+FORMAT = "textopt.checkpoint"
+VERSION = 2
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls", "cached_calls")
+
+
+class RunError(TextoptError):
+    """A run directory can't be used as asked (in use, corrupt, not a run). The message says what to do."""
+
+
+class RunLocked(RunError):
+    """Another run holds the directory's lock."""
+
+
+class CheckpointError(RunError):
+    """No readable checkpoint (neither the newest nor its backup)."""
+
+
+class AuthenticationFailed(EngineError):
+    """The provider refused the credentials (401/403): going on would only spend on calls that can't help."""
+
+
+# -- secrets --------------------------------------------------------------------------------------
+_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@'\"]+:[^/\s@'\"]+@")
+_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|ak|xox[abp])-[A-Za-z0-9_\-]{12,}\b|\bBearer\s+[A-Za-z0-9._\-]{12,}")
+_SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential)")
+
+
+def _fallback_scrub(text: str) -> str:
+    """Used until textopt.secrets exists: URL credentials, key-shaped tokens, and the values of
+    environment variables whose names look secret."""
+    text = _URL_CREDS.sub(r"\1***@", text)
+    text = _KEYLIKE.sub("***", text)
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+def scrub_text(text: str) -> str:
+    """Remove keys and URL credentials from one string (textopt.secrets.scrub when available)."""
+    try:
+        from .secrets import scrub as _scrub
+    except ImportError:
+        _scrub = _fallback_scrub
+    return _scrub(text)
+
+
+def scrub(obj: Any) -> Any:
+    """`scrub_text` applied to every string (keys included) of a JSON-like structure."""
+    if isinstance(obj, str):
+        return scrub_text(obj)
+    if isinstance(obj, Mapping):
+        return {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any, indent: int | None = 2) -> str:
+    """JSON text that can always be written as UTF-8 (a lone surrogate falls back to \\u escapes)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=indent, ensure_ascii=True, default=str)
+    return text
+
+
+def is_auth_error(error: Any) -> bool:
+    """True for a provider's 401/403 (an exception, its cause, or the text of a recorded failure)."""
+    seen = 0
+    while isinstance(error, BaseException) and seen < 5:
+        if isinstance(error, AuthenticationFailed):
+            return True
+        for attr in ("status", "status_code", "http_status"):
+            if getattr(error, attr, None) in (401, 403):
+                return True
+        if type(error).__name__ in ("AuthenticationError", "PermissionDeniedError"):
+            return True
+        nxt = error.__cause__ or error.__context__
+        if nxt is None:
+            error = str(error)
+            break
+        error, seen = nxt, seen + 1
+    text = str(getattr(error, "error", error))
+    return bool(re.search(r"AuthenticationError|PermissionDeniedError|\b(?:Error code|status(?: code)?|HTTP)\W{0,3}(?:401|403)\b"
+                          r"|\b401 Unauthorized\b|\b403 Forbidden\b|[Ii]ncorrect API key|[Ii]nvalid API key", text))
+
+
+# -- budgets and callbacks ------------------------------------------------------------------------
+@dataclass
+class Budgets:
+    """Limits checked between steps (a step in flight finishes). None = no limit."""
+
+    tokens: int | None = None
+    calls: int | None = None
+    usd: float | None = None
+    metric_calls: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v)):
+                raise ValueError(f"budget {f.name} must be a non-negative number or None, got {v!r}")
+
+    def exceeded(self, totals: Mapping[str, float], metric_calls: int = 0) -> str | None:
+        """The stop reason ("budget_tokens", "budget_calls", "budget_usd", "budget_metric_calls") or None."""
+        if self.tokens is not None and totals.get("total_tokens", 0) >= self.tokens:
+            return "budget_tokens"
+        if self.calls is not None and totals.get("calls", 0) >= self.calls:
+            return "budget_calls"
+        if self.usd is not None and totals.get("cost_usd", 0.0) >= self.usd:
+            return "budget_usd"
+        if self.metric_calls is not None and metric_calls >= self.metric_calls:
+            return "budget_metric_calls"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Callback:
+    """Hooks a run calls; override the ones you need. `on_event` sees every event (start, step, eval,
+    candidate, warning, error, end) as the dict written to log.jsonl; the others see their own kind."""
+
+    def on_start(self, run: "Run", info: dict[str, Any]) -> None: ...
+    def on_step(self, run: "Run", row: dict[str, Any]) -> None: ...
+    def on_eval(self, run: "Run", name: str, report: Any) -> None: ...
+    def on_candidate(self, run: "Run", candidate: dict[str, Any]) -> None: ...
+    def on_end(self, run: "Run", summary: dict[str, Any]) -> None: ...
+    def on_event(self, run: "Run", event: dict[str, Any]) -> None: ...
+
+
+class FunctionCallback(Callback):
+    """A plain function called with every event dict."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], Any]) -> None:
+        self.fn = fn
+
+    def on_event(self, run: "Run", event: dict[str, Any]) -> None:
+        self.fn(event)
+
+
+class JsonLines(Callback):
+    """Machine mode: one JSON object per event on `stream` (stdout by default)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+
+    def on_event(self, run: "Run", event: dict[str, Any]) -> None:
+        print(_dumps(event, indent=None), file=self.stream or sys.stdout, flush=True)
+
+
+def as_callback(cb: Callback | Callable[[dict[str, Any]], Any]) -> Callback:
+    if isinstance(cb, Callback):
+        return cb
+    if callable(cb):
+        return FunctionCallback(cb)
+    raise TypeError(f"a callback must be a textopt.run.Callback or a function(event), got {type(cb).__name__}")
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def describe_row(row: Mapping[str, Any]) -> str:
+    """One line for a step row of any run kind (Trainer, Search, AEGIS)."""
+    if "round" in row:
+        head = f"round {row['round']} {row.get('side', '')}".rstrip()
+        parts = [f"{k} {_fmt(row[k])}" for k in ("tpr", "tnr", "asr", "score_gain") if k in row]
+    else:
+        head = f"step {row.get('step', '?')}"
+        parts = [f"{k} {_fmt(row.get(k))}" for k in ("train", "val") if k in row]
+        if "accepted" in row and row.get("step", 1) != 0:
+            parts.append("kept" if row["accepted"] else "REVERTED (validation got worse)")
+    if row.get("failures"):
+        parts.append(f"{row['failures']} failed update(s)")
+    parts.append(f"{row.get('tokens', 0)} tokens")
+    if row.get("cost_usd"):
+        parts.append(f"${row['cost_usd']:.4f}")
+    return f"{head}: " + ", ".join(parts)
+
+
+class Progress(Callback):
+    """The one progress display: a tqdm bar on a terminal (bar=None: only if stderr is one), else a line
+    per step on stderr. Without tqdm it falls back to lines."""
+
+    def __init__(self, bar: bool | None = None, *, desc: str = "textopt", stream: Any = None) -> None:
+        self.stream = stream
+        self.want_bar = bar if bar is not None else (stream or sys.stderr).isatty()
+        self.desc, self._bar = desc, None
+
+    def on_start(self, run: "Run", info: dict[str, Any]) -> None:
+        if not self.want_bar:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self.want_bar = False
+            print("textopt: no progress bar (pip install tqdm); printing a line per step", file=self.stream or sys.stderr)
+            return
+        self._bar = tqdm(total=info.get("total_steps"), initial=info.get("step", 0), desc=self.desc, unit="step",
+                         file=self.stream or sys.stderr)
+
+    def on_step(self, run: "Run", row: dict[str, Any]) -> None:
+        if self._bar is not None:
+            if row.get("step", 1) > 0:
+                self._bar.update(1)
+            post = {k: row[k] for k in ("train", "val", "accepted") if k in row}
+            self._bar.set_postfix(**post, tokens=run.totals["total_tokens"], refresh=True)
+        elif row.get("step", row.get("round", 1)) != 0 or "round" in row:
+            print(describe_row(row), file=self.stream or sys.stderr, flush=True)
+
+    def on_event(self, run: "Run", event: dict[str, Any]) -> None:
+        if event.get("event") in ("budget", "warning") and self._bar is None:
+            print(event.get("message", ""), file=self.stream or sys.stderr, flush=True)
+
+    def on_end(self, run: "Run", summary: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# -- reading run directories ----------------------------------------------------------------------
+def _read_state(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not a textopt checkpoint (no \"format\": {FORMAT!r})")
+    return data
+
+
+def read_checkpoint(run_dir: str | Path, apply: Callable[[dict[str, Any]], Any] | None = None,
+                    warn: Callable[[str], Any] | None = None) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run directory (the backup when the newest is unreadable or
+    `apply` rejects it), or None when there is none. Raises a one-line CheckpointError when neither works."""
+    folder = Path(run_dir)
+    problems: list[str] = []
+    for path in (folder / CHECKPOINT, folder / BACKUP):
+        if not path.exists():
+            continue
+        try:
+            data = _read_state(path)
+            if apply is not None:
+                apply(data)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or type(exc).__name__
+            problems.append(f"{path} is unreadable ({type(exc).__name__}: {reason.splitlines()[0][:160]})")
+            continue
+        if problems and warn is not None:
+            warn(f"{problems[0]}; resuming from the backup {path.name}")
+        return data
+    if problems:
+        raise CheckpointError("; ".join(problems) + f". Fix or delete the file(s), or start over in a new run directory")
+    return None
+
+
+def has_run(run_dir: str | Path) -> bool:
+    folder = Path(run_dir)
+    return (folder / CHECKPOINT).exists() or (folder / BACKUP).exists()
+
+
+def read_spec(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / SPEC
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a run directory (no {SPEC}); start one with `textopt optimize --out DIR` "
+                       "or Trainer(..., run_dir=DIR)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RunError(f"{path} is unreadable ({type(exc).__name__}); restore it or start a new run directory") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is not a run spec (expected a JSON object); restore it or start a new run directory")
+    return data
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The events of log.jsonl (a torn last line, from a kill mid-write, is skipped)."""
+    path = Path(run_dir) / LOG
+    out: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+class Run:
+    """One run directory (or none: run_dir=None keeps accounting, budgets and callbacks in memory)."""
+
+    def __init__(self, run_dir: str | Path | None, *, kind: str, spec: Mapping[str, Any] | None = None,
+                 budgets: Budgets | None = None, callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
+                 resume: bool = False) -> None:
+        self.dir = Path(run_dir) if run_dir is not None else None
+        self.kind, self.spec = kind, dict(spec or {})
+        self.budgets = budgets or Budgets()
+        self.callbacks = [as_callback(c) for c in callbacks]
+        self.resume = resume
+        self.totals: dict[str, Any] = {**{k: 0 for k in USAGE_KEYS}, "cost_usd": 0.0}
+        self.metric_calls = 0
+        self.stopped: str | None = None
+        self.loaded_from: Path | None = None
+        self._lock: Any = None
+        self._depth = 0
+        self._wrote = False  # this Run wrote the checkpoint there: reopening it is not a clash
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir) if self.dir else None!r}, kind={self.kind!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "Run":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is not None and self._depth == 1:
+                kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+                self.log({"event": kind, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.close()
+
+    def open(self) -> None:
+        """Lock the directory (fails at once if another run holds it) and write spec.json."""
+        self._depth += 1
+        if self._depth > 1 or self.dir is None:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._acquire()
+            if has_run(self.dir) and not (self.resume or self._wrote):
+                raise FileExistsError(
+                    f"{self.dir} already holds a run; continue it with `textopt resume {self.dir}` (Python: "
+                    f"textopt.resume({str(self.dir)!r}, ...)), or pick a new run directory")
+            if (self.dir / SPEC).exists() and (self.resume or self._wrote):
+                saved = read_spec(self.dir).get("kind")
+                if saved not in (None, self.kind):
+                    raise RunError(f"{self.dir} holds a {saved!r} run, not a {self.kind!r} run; pick the matching command")
+            else:
+                atomic_write_text(self.dir / SPEC, _dumps(scrub({"kind": self.kind, **self.spec})) + "\n")
+        except BaseException:
+            self._depth = 0
+            self._release()
+            raise
+
+    def close(self) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._release()
+
+    def _acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        assert self.dir is not None
+        lock = FileLock(str(self.dir / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunLocked(f"{self.dir} is in use by another run (its lock {self.dir / LOCK} is held); wait for that "
+                            "run to finish or pick another run directory") from None
+        self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- usage and budgets -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def track(self) -> Iterator["Usage"]:
+        """Count what runs inside (tokens, calls, cached calls, cost in USD) into this run's totals."""
+        from .engines.usage import track_usage
+
+        with track_usage() as usage:
+            try:
+                yield usage
+            finally:
+                self.add_usage(usage)
+
+    def add_usage(self, usage: "Usage | Mapping[str, Any]") -> None:
+        u = usage if isinstance(usage, Mapping) else {**usage.to_dict(), "cost_usd": getattr(usage, "cost_usd", 0.0)}
+        for k in USAGE_KEYS:
+            self.totals[k] += int(u.get(k, 0) or 0)
+        self.totals["cost_usd"] = round(self.totals["cost_usd"] + float(u.get("cost_usd", 0.0) or 0.0), 8)
+        if u.get("cost_known", True) is False:
+            self.totals["cost_known"] = False  # some call's price was unknown: cost_usd is a lower bound
+
+    @staticmethod
+    def usage_columns(usage: "Usage") -> dict[str, Any]:
+        """The per-row usage columns of a step: tokens, calls, cached_calls, cost_usd."""
+        return {"tokens": usage.total_tokens, "calls": usage.calls, "cached_calls": usage.cached_calls,
+                "cost_usd": round(float(getattr(usage, "cost_usd", 0.0) or 0.0), 8)}
+
+    def stop_reason(self, *, step: int, total_steps: int | None, metric_calls: int | None = None) -> str | None:
+        """"completed" once step >= total_steps, a "budget_*" reason once a budget is spent, else None."""
+        if total_steps is not None and step >= total_steps:
+            return "completed"
+        return self.budgets.exceeded(self.totals, self.metric_calls if metric_calls is None else metric_calls)
+
+    def check_failures(self, failures: Iterable[Any]) -> None:
+        """Raise AuthenticationFailed when a recorded failure is a 401/403: stop instead of spending on."""
+        for f in failures:
+            if is_auth_error(f):
+                text = scrub_text(str(getattr(f, "error", f)))
+                raise AuthenticationFailed(f"the provider refused the credentials, so the run stops here: {text[:300]}. "
+                                           "Check the API key (and --base-url), then resume")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Write the state atomically, with this run's usage; the previous checkpoint becomes the backup."""
+        if self.dir is None:
+            return
+        payload = {"format": FORMAT, "version": VERSION, "kind": self.kind, **state,
+                   "usage": dict(self.totals), "metric_calls": self.metric_calls}
+        text = _dumps(scrub(payload)) + "\n"
+        current = self.dir / CHECKPOINT
+        if current.exists():
+            os.replace(current, self.dir / BACKUP)  # until the next line lands, the backup is the newest
+        atomic_write_text(current, text)
+        self._wrote = True
+
+    def load_checkpoint(self, apply: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any] | None:
+        """The newest readable checkpoint (falling back to the backup), its usage restored; None if there is none."""
+        if self.dir is None:
+            return None
+        state = read_checkpoint(self.dir, apply, warn=lambda m: self.warn(m))
+        if state is not None:
+            self.loaded_from = self.dir / CHECKPOINT
+            usage = state.get("usage") or {}
+            self.totals = {**{k: int(usage.get(k, 0)) for k in USAGE_KEYS}, "cost_usd": float(usage.get("cost_usd", 0.0))}
+            if usage.get("cost_known", True) is False:
+                self.totals["cost_known"] = False
+            self.metric_calls = int(state.get("metric_calls", 0))
+        return state
+
+    def write_json(self, name: str, obj: Any) -> Path | None:
+        """A side file of the run directory (result.json, history.json, ...), scrubbed, atomic."""
+        if self.dir is None:
+            return None
+        path = self.dir / name
+        atomic_write_text(path, _dumps(scrub(obj)) + "\n")
+        return path
+
+    def write_text(self, name: str, text: str) -> Path | None:
+        if self.dir is None:
+            return None
+        path = self.dir / name
+        atomic_write_text(path, scrub_text(text))
+        return path
+
+    # -- events ------------------------------------------------------------------------------
+    def log(self, event: Mapping[str, Any]) -> None:
+        """Append the event to log.jsonl and hand it to the callbacks (by kind, then on_event)."""
+        ev = scrub(dict(event))
+        if self.dir is not None and self.dir.exists():
+            with open(self.dir / LOG, "a", encoding="utf-8") as fh:
+                fh.write(_dumps({**ev, "time": round(time.time(), 3)}, indent=None) + "\n")
+        kind = ev.get("event")
+        for cb in self.callbacks:
+            if kind == "start":
+                cb.on_start(self, ev)
+            elif kind == "step":
+                cb.on_step(self, ev)
+            elif kind == "candidate":
+                cb.on_candidate(self, ev)
+            elif kind == "end":
+                cb.on_end(self, ev)
+            cb.on_event(self, ev)
+
+    def start(self, **info: Any) -> None:
+        self.log({"event": "start", **info})
+
+    def step(self, row: Mapping[str, Any]) -> None:
+        self.log({"event": "step", **row})
+
+    def candidate(self, candidate: Mapping[str, Any]) -> None:
+        self.log({"event": "candidate", **candidate})
+
+    def end(self, **summary: Any) -> None:
+        self.log({"event": "end", **summary})
+
+    def warn(self, message: str) -> None:
+        """A one-line notice (stderr, log.jsonl, callbacks)."""
+        print(f"textopt: {message}", file=sys.stderr, flush=True)
+        self.log({"event": "warning", "message": message})
+
+    def save_eval(self, name: str, report: Any) -> Path | None:
+        """Keep an evaluation report as run_dir/evals/<name>.jsonl (scrubbed) and tell the callbacks."""
+        path = None
+        if self.dir is not None:
+            path = self.dir / EVALS / f"{name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if hasattr(report, "save"):
+                report.save(path)
+                atomic_write_text(path, scrub_text(path.read_text(encoding="utf-8")))
+            else:
+                rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in getattr(report, "rows", [])]
+                atomic_write_text(path, "".join(_dumps(scrub(r), indent=None) + "\n" for r in rows))
+        for cb in self.callbacks:
+            cb.on_eval(self, name, report)
+        self.log({"event": "eval", "name": name, "mean": getattr(report, "mean", None),
+                  "ci95": getattr(report, "ci95", None), "n": len(getattr(report, "rows", []) or []),
+                  "path": str(path) if path else None})
+        return path
+
+    def plot(self, draw: Callable[[Path], Any], name: str = "curves.png") -> Path | None:
+        """Best effort: draw(path) into the run directory; a missing library or a drawing error is one line."""
+        if self.dir is None:
+            return None
+        path = self.dir / name
+        try:
+            draw(path)
+        except ImportError as exc:
+            self.warn(f"plot {name} skipped: {getattr(exc, 'name', None) or 'matplotlib'} is not installed "
+                      "(pip install matplotlib); the run's results are saved")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a plot never costs a finished run its result
+            self.warn(f"plot {name} skipped: {type(exc).__name__}: {exc}")
+            return None
+        return path
+
+
+# -- the Trainer's history (shared by its report and plot) ----------------------------------------
+@dataclass
+class History:
+    """What a run did. `rows`: one dict per step (step 0 = the validation baseline before any update)
+    with step, epoch, train (metric on the batch, before the update), val, best_val, accepted, tokens,
+    calls, cached_calls, cost_usd, seconds, failures. `initial` / `final`: parameter values before and after."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    initial: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None
+    run_dir: str | None = None
+
+    @property
+    def best_val(self) -> float | None:
+        vals = [r["val"] for r in self.rows if r.get("val") is not None and r.get("accepted")]
+        return max(vals) if vals else None
+
+    @property
+    def rejected(self) -> list[int]:
+        """Steps whose update was reverted because validation got worse."""
+        return [r["step"] for r in self.rows if not r.get("accepted", True)]
+
+    @property
+    def tokens(self) -> int:
+        return sum(int(r.get("tokens", 0)) for r in self.rows)
+
+    @property
+    def cost_usd(self) -> float:
+        return round(sum(float(r.get("cost_usd", 0.0) or 0.0) for r in self.rows), 8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "initial": self.initial, "final": self.final, "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], run_dir: str | None = None) -> "History":
+        return cls(list(data.get("rows", [])), dict(data.get("initial", {})), dict(data.get("final", {})),
+                   data.get("stopped"), run_dir)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "History":
+        """The history of a run directory (from its checkpoint, or the backup if that is unreadable)."""
+        state = read_checkpoint(run_dir)
+        if state is None or "history" not in state:
+            raise FileNotFoundError(f"{run_dir} holds no Trainer checkpoint ({CHECKPOINT}); is it a run directory made "
+                                    "by the Trainer (run_dir=...) or `textopt optimize`?")
+        return cls.from_dict(state["history"], str(run_dir))
+
+    def diff(self, name: str, width: int = 90) -> list[str]:
+        """A line diff of one parameter's value, before -> after (values are wrapped to `width`)."""
+        return text_diff(self.initial.get(name, ""), self.final.get(name, ""), name, width)
+
+    def summary(self) -> str:
+        """A plain-text table of the steps, the totals, and a diff of every parameter."""
+        steps = [r for r in self.rows if r["step"] > 0]
+        where = f"{self.run_dir}: " if self.run_dir else ""
+        out = [f"{where}{len(steps)} step(s), stopped: {self.stopped or 'not finished'}",
+               f"{'step':>4} {'epoch':>5} {'train':>6} {'val':>6} {'best':>6} {'kept':>5} {'tokens':>7} {'calls':>5} "
+               f"{'cached':>6} {'usd':>8} {'sec':>6}"]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        for r in self.rows:
+            kept = "base" if r["step"] == 0 else ("yes" if r.get("accepted") else "NO")
+            out.append(
+                f"{r['step']:>4} {r.get('epoch', 0):>5} {fmt(r.get('train')):>6} {fmt(r.get('val')):>6} "
+                f"{fmt(r.get('best_val')):>6} {kept:>5} {r.get('tokens', 0):>7} {r.get('calls', 0):>5} "
+                f"{r.get('cached_calls', 0):>6} {float(r.get('cost_usd', 0) or 0):>8.4f} {r.get('seconds', 0):>6.1f}")
+        calls = sum(int(r.get("calls", 0)) for r in self.rows)
+        cached = sum(int(r.get("cached_calls", 0)) for r in self.rows)
+        out.append(f"best val: {fmt(self.best_val)}; rejected steps: {self.rejected or 'none'}; "
+                   f"tokens: {self.tokens} in {calls} paid calls, {cached} served by the cache; cost: ${self.cost_usd:.4f}")
+        for name in self.initial:
+            d = self.diff(name)
+            out.append(f"\nparameter {name}: " + ("unchanged" if not d else "before -> after"))
+            out.extend(d[2:] if d else [])
+        return "\n".join(out)
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """A matplotlib Figure: metric per step (rejected steps marked), tokens per step, and the
+        before/after diff of each parameter. With `path`, also saved there as PNG. Needs matplotlib."""
+        return plot_history(self, path)
+
+
+def text_diff(before: Any, after: Any, name: str, width: int = 90) -> list[str]:
+    def lines(text: Any) -> list[str]:
+        out: list[str] = []
+        for para in str(text).splitlines() or [""]:
+            out.extend(textwrap.wrap(para, width) or [""])
+        return out
+
+    return list(difflib.unified_diff(lines(before), lines(after), f"{name} (before)", f"{name} (after)", lineterm="", n=2))
+
+
+def plot_history(history: History, path: str | Path | None = None) -> Any:
+    """See History.plot."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("History.plot needs matplotlib: pip install matplotlib", name="matplotlib") from exc
+
+    diffs = {name: history.diff(name)[2:] for name in history.initial}
+    diff_lines = sum(min(len(d), 40) + 2 for d in diffs.values()) or 2
+    fig = Figure(figsize=(10, 6 + 0.17 * diff_lines))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(3, 1, height_ratios=[3, 2, max(1.0, 0.17 * diff_lines)])
+    ax1, ax2, ax3 = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
+    rows = history.rows
+    steps = [r["step"] for r in rows]
+    for key, style, label in (("train", "o-", "train (batch, before update)"), ("val", "s-", "validation")):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax1.plot(*zip(*pts), style, label=label)
+    rej = [(r["step"], r["val"]) for r in rows if not r.get("accepted", True) and r.get("val") is not None]
+    if rej:
+        ax1.plot(*zip(*rej), "x", color="red", markersize=12, mew=2, label="rejected (reverted)")
+    ax1.set_ylabel("metric")
+    ax1.set_title(f"run {history.run_dir or ''} - stopped: {history.stopped or 'not finished'}")
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(loc="best", fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.bar(steps, [r.get("tokens", 0) for r in rows], color="tab:gray", label="paid tokens")
+    ax2.set_ylabel("tokens")
+    ax2.set_xlabel("step (0 = baseline)")
+    if history.cost_usd:
+        ax2.set_title(f"cost ${history.cost_usd:.4f}", fontsize=9)
+    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        if steps:
+            ax.set_xticks(steps)
+    ax3.axis("off")
+    y, dy = 1.0, 1.0 / (diff_lines + 1)
+    for name, d in diffs.items():
+        ax3.text(0, y, f"{name}: " + ("unchanged" if not d else "before (-) / after (+)"), family="monospace",
+                 fontsize=8, weight="bold", va="top", transform=ax3.transAxes)
+        y -= dy
+        for line in d[:40]:
+            color = "tab:red" if line.startswith("-") else "tab:green" if line.startswith("+") else "black"
+            ax3.text(0, y, line[:120], family="monospace", fontsize=7, color=color, va="top", transform=ax3.transAxes)
+            y -= dy
+        y -= dy
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig
