@@ -189,6 +189,10 @@ def canned_reply(body: dict[str, Any]) -> str:
     if fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema") or {}
         return json.dumps(_schema_value(schema, seed))
+    if "[[ ## completed ## ]]" in text:  # DSPy's chat adapter: one marker per output field, then the end marker
+        ask = text.rsplit("Respond with the corresponding output fields", 1)[-1]
+        names = [n for n in re.findall(r"\[\[ ## (\w+) ## \]\]", ask) if n != "completed"] or ["answer"]
+        return "\n\n".join(f"[[ ## {n} ## ]]\nReply {seed}: positive" for n in dict.fromkeys(names)) + "\n\n[[ ## completed ## ]]"
     if "IMPROVED_VARIABLE" in text:  # TextGrad's update asks for the new value between these tags
         return f"<IMPROVED_VARIABLE>Improved text {seed}: state the final answer as a number.</IMPROVED_VARIABLE>"
     if '"suggestion"' in text or fmt.get("type") == "json_object":  # Trace's OptoPrime

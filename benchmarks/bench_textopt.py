@@ -159,14 +159,198 @@ def _metric_feedback(reply: str, answer: str) -> str:
     return f"The correct answer is {answer}. The response is {'correct' if ok else 'wrong'}."
 
 
-WORKLOADS = {"timing": timing, "prompt_size": prompt_size, "optimize": optimize}
+# -- (h) evaluation throughput -----------------------------------------------------------------------
+
+
+async def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the same examples at each concurrency with `to.evaluate` (one engine per level, allowing
+    that many requests in flight); the questions carry the level so no level is served by a cache."""
+    from textopt import datasets
+
+    try:
+        from textopt.evaluate import aevaluate
+        how = "textopt.evaluate.aevaluate"
+    except ImportError:  # the evaluation layer is not in this checkout yet: the same fan-out by hand
+        aevaluate, how = None, "asyncio.gather + semaphore (textopt.evaluate not in this checkout)"
+    labels = tuple(cfg["labels"])
+    metric = datasets.label_metric(labels)
+    runs = []
+    for run in cfg["runs"]:
+        c = run["concurrency"]
+        eng = to.get_engine("openai:" + cfg["model"], base_url=run["base_url"], max_tokens=cfg.get("max_tokens"),
+                            timeout=120.0, max_concurrency=c)
+        llm = to.LLM(eng)
+        examples = [{"question": f"(level {c}) {e['question']}", "answer": e["answer"]} for e in cfg["examples"]]
+
+        async def forward(ex: dict[str, str]) -> to.Variable:
+            return await llm.acall(to.Variable(datasets.render(cfg["template"], ex["question"]), role="input"))
+
+        t0 = time.perf_counter()
+        if aevaluate is not None:
+            report = await aevaluate(forward, examples, metric, concurrency=c)
+            scores = [row.score for row in report.rows if row.score is not None]
+            errors = sum(1 for row in report.rows if row.error)
+        else:
+            sem = asyncio.Semaphore(c)
+
+            async def one(ex: dict[str, str]) -> float:
+                async with sem:
+                    s = metric(ex, await forward(ex))
+                    return float(getattr(s, "value", s[0] if isinstance(s, tuple) else s))
+
+            scores, errors = list(await asyncio.gather(*(one(ex) for ex in examples))), 0
+        runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": errors})
+    return {"available": True, "how": how, "runs": runs}
+
+
+# -- (g) quality at equal budget ----------------------------------------------------------------------
+
+TEMPLATE_ROLE = ("instruction template for a small classifier model; the text to classify goes where {input} "
+                 "stands, and the reply must name exactly one label")
+
+
+def _value(score: Any) -> float:
+    """A metric result (Score, (value, feedback) tuple or number) as a float."""
+    if isinstance(score, tuple):
+        return float(score[0])
+    return float(getattr(score, "value", score))
+
+
+def _feedback(score: Any) -> str:
+    return score[1] if isinstance(score, tuple) else getattr(score, "feedback", "")
+
+
+class LabelProgram:
+    """The program every optimizer trains: a trainable instruction template, rendered around the input in
+    the user turn (a traced function, so feedback reaches the template), one call to the task model."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from textopt import datasets
+
+        self.cfg = cfg
+        self.task_engine = to.get_engine("openai:" + cfg["model"], base_url=cfg["task_url"], max_tokens=cfg["max_tokens"], timeout=900.0)
+        self.opt_engine = to.get_engine("openai:" + cfg["model"], base_url=cfg["opt_url"], max_tokens=cfg["opt_max_tokens"], timeout=900.0)
+        self.template = to.Variable(cfg["seed_prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
+        self.metric = datasets.label_metric(tuple(cfg["labels"]))
+        self.llm = to.LLM(self.task_engine)
+        self.calls = 0
+
+        @to.trace
+        def fill(template: str, text: str) -> str:
+            """Put the text into the template's {input} slot (after the instruction when there is no slot)."""
+            return datasets.render(template, text)
+
+        self.fill = fill
+
+    async def forward(self, ex: Any) -> to.Variable:
+        self.calls += 1
+        q = ex["question"] if isinstance(ex, dict) else ex.question
+        return await self.llm.acall(self.fill(self.template, to.Variable(q, role="text to classify")))
+
+    def float_metric(self, ex: Any, out: to.Variable) -> float:
+        return _value(self.metric(ex, out))
+
+    async def loss(self, ex: Any, out: to.Variable) -> to.Variable:
+        """TGD's loss: an LLM judge told the expected label and what the metric found (as TextGrad's is)."""
+        why = _feedback(self.metric(ex, out))
+        return await to.TextLoss(
+            f"Text: {ex['question']}\nExpected label: {ex['answer']}\nCheck of the response: {why}\n"
+            "Say in one or two sentences what the response should have said instead.",
+            engine=self.opt_engine, max_tokens=120,
+        ).acall(out)
+
+    async def val_score(self, examples: list[dict[str, str]]) -> float:
+        outs = await asyncio.gather(*(self.forward(ex) for ex in examples))
+        return sum(self.float_metric(ex, o) for ex, o in zip(examples, outs)) / max(1, len(examples))
+
+
+def quality(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One optimizer run at a budget of task-model calls; returns the final template (the harness scores it)."""
+    import os
+
+    from textopt._sync import run_sync
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    prog = LabelProgram(cfg)
+    kind = cfg["optimizer"]
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent / "peers"))
+    from _labels import run_schedule, schedule_steps
+
+    if kind == "search":
+        search = getattr(to, "Search", None)
+        if search is None:
+            return {"available": False, "reason": "to.Search is not in this checkout yet"}
+        return _search(cfg, prog, search)
+    if kind == "tgd":
+        opt = to.TGD([prog.template], engine=prog.opt_engine)
+        steps = schedule_steps(cfg["budget"], len(cfg["val"]), cfg["batch"])
+        trainer = to.Trainer(prog.forward, prog.loss, opt, train=cfg["train"], val=cfg["val"], batch_size=cfg["batch"],
+                             steps=steps, keep_best=True, metric=prog.float_metric, seed=cfg["seed"], progress=False,
+                             backward_engine=prog.opt_engine, concurrency=4)
+        hist = trainer.fit()
+        rows = [{"step": r["step"], "val": r["val"], "accepted": r["accepted"], "failures": r.get("failures", 0)}
+                for r in hist.rows if r["step"] > 0]
+        return {"available": True, "final_prompt": prog.template.value, "task_calls": prog.calls, "steps": rows,
+                "val_best": trainer.best_val, "failures": [f.error[:200] for f in opt.failures][:5], "how": "to.Trainer(TGD)"}
+    # OptoPrime: Trainer drives it once optimizers share the feedback hook (optimizer.abackward); until then the
+    # same schedule by hand (benchmarks/peers/_labels.py), with the metric's feedback sentence recorded per output.
+    opt = to.OptoPrime([prog.template], engine=prog.opt_engine, max_tokens=cfg["opt_max_tokens"])
+
+    async def astep(batch: list[dict[str, str]]) -> None:
+        outs = await asyncio.gather(*(prog.forward(ex) for ex in batch))
+        opt.zero_grad()
+        for ex, o in zip(batch, outs):
+            opt.backward(o, _feedback(prog.metric(ex, o)) or "no feedback")
+        await opt.astep()
+
+    out = run_schedule(get=lambda: prog.template.value, set_=prog.template.set_value, step=lambda b: run_sync(astep(b)),
+                       evaluate=lambda v: run_sync(prog.val_score(v)), train=cfg["train"], val=cfg["val"],
+                       batch=cfg["batch"], budget=cfg["budget"], seed=cfg["seed"])
+    out["task_calls"] = prog.calls
+    return {"available": True, "final_prompt": prog.template.value, **out,
+            "failures": [f.error[:200] for f in opt.failures][:5], "how": "OptoPrime, Trainer schedule by hand"}
+
+
+def _search(cfg: dict[str, Any], prog: LabelProgram, search: Any) -> dict[str, Any]:
+    raise NotImplementedError("wired when to.Search lands")
+
+
+def score(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The shared scorer: each prompt rendered in the user turn around every test input, greedy, label metric."""
+    from textopt import datasets
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    from prompt_spread import wilson
+
+    eng = to.get_engine("openai:" + cfg["model"], base_url=cfg["base_url"], max_tokens=cfg["max_tokens"], timeout=900.0)
+    metric = datasets.label_metric(tuple(cfg["labels"]))
+
+    async def one(prompt: str) -> dict[str, Any]:
+        replies = await asyncio.gather(*(eng.acomplete([{"role": "user", "content": datasets.render(prompt, ex["question"])}])
+                                         for ex in cfg["test"]))
+        k = int(sum(_value(metric(ex, r.text)) for ex, r in zip(cfg["test"], replies)))
+        n = len(cfg["test"])
+        lo, hi = wilson(k, n)
+        return {"prompt": prompt, "correct": k, "n": n, "accuracy": k / n, "ci95": [lo, hi], "sample": [r.text for r in replies[:3]]}
+
+    async def all_prompts() -> list[dict[str, Any]]:
+        return [await one(p) for p in cfg["prompts"]]
+
+    from textopt._sync import run_sync
+
+    return {"available": True, "scores": run_sync(all_prompts())}
+
+
+WORKLOADS = {"timing": timing, "prompt_size": prompt_size, "optimize": optimize, "throughput": throughput,
+             "quality": quality, "score": score}
 
 
 def main() -> None:
     workload, path = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as fh:
         cfg = json.load(fh)
-    result = asyncio.run(WORKLOADS[workload](cfg))
+    fn = WORKLOADS[workload]
+    result = asyncio.run(fn(cfg)) if asyncio.iscoroutinefunction(fn) else fn(cfg)
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 

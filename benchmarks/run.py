@@ -38,26 +38,37 @@ sys.path.insert(0, str(ROOT))
 
 from bench_servers import CountingProxy, LatencyServer, LlamaServer  # noqa: E402
 
-FRAMEWORKS = ("textopt", "textgrad", "trace")
+FRAMEWORKS = ("textopt", "textgrad", "trace", "gepa", "dspy")
 PEERS = {
     "textgrad": {"requirement": "textgrad==0.1.8", "dist": "textgrad", "script": HERE / "peers" / "textgrad_bench.py",
                  "import": "import textgrad"},
     "trace": {"requirement": "trace-opt", "dist": "trace-opt", "script": HERE / "peers" / "trace_bench.py",
               "import": "from opto import trace; from opto.optimizers import OptoPrime"},
+    # GEPA's default adapter reaches the task model through litellm (pinned like the project's own)
+    "gepa": {"requirement": "gepa==0.1.4 litellm<1.107", "dist": "gepa", "script": HERE / "peers" / "gepa_bench.py",
+             "import": "import gepa"},
+    "dspy": {"requirement": "dspy==3.4.1 litellm<1.107", "dist": "dspy", "script": HERE / "peers" / "dspy_bench.py",
+             "import": "import dspy"},
 }
 TEXTOPT_IMPORT = "import textopt"
-LABEL = {"textopt": "textopt", "textgrad": "TextGrad", "trace": "Trace"}
+LABEL = {"textopt": "textopt", "textgrad": "TextGrad", "trace": "Trace", "gepa": "GEPA", "dspy": "DSPy"}
+WORKLOADS = "abcdefgh"
 MARK_START, MARK_END = "<!-- harness:start -->", "<!-- harness:end -->"
 
 MODES: dict[str, dict[str, Any]] = {
     # timing_reps: runs per timing graph; import_reps: fresh processes per import; nodes: traced chain sizes;
     # valid_steps: optimizer steps for (d); e2e: (e) sizes; max_tokens: completion cap for every framework.
+    # throughput_n: examples per level for (h); quality: (g) tasks, seeds, budget of task-model calls, split sizes.
     "full": {"timing_reps": 9, "import_reps": 9, "nodes": [10, 100, 2000], "valid_steps": 30,
-             "e2e": {"eval": 20, "steps": 5, "batch": 3}, "max_tokens": 256, "real_model": True},
+             "e2e": {"eval": 20, "steps": 5, "batch": 3}, "max_tokens": 256, "real_model": True, "throughput_n": 1000,
+             "quality": {"tasks": ["sentiment", "categories"], "seeds": [0, 1, 2], "budget": 100, "train": 30, "val": 10,
+                         "test": 100, "batch": 3}},
     "quick": {"timing_reps": 5, "import_reps": 5, "nodes": [10, 100, 2000], "valid_steps": 3,
-              "e2e": {"eval": 3, "steps": 2, "batch": 1}, "max_tokens": 128, "real_model": True},
+              "e2e": {"eval": 3, "steps": 2, "batch": 1}, "max_tokens": 128, "real_model": True, "throughput_n": 1000,
+              "quality": {"tasks": ["sentiment"], "seeds": [0], "budget": 20, "train": 12, "val": 4, "test": 20, "batch": 2}},
     "tiny": {"timing_reps": 2, "import_reps": 3, "nodes": [10, 100], "valid_steps": 3,
-             "e2e": {"eval": 3, "steps": 2, "batch": 1}, "max_tokens": 64, "real_model": False},
+             "e2e": {"eval": 3, "steps": 2, "batch": 1}, "max_tokens": 64, "real_model": False, "throughput_n": 40,
+             "quality": {"tasks": ["sentiment"], "seeds": [0], "budget": 12, "train": 6, "val": 2, "test": 6, "batch": 2}},
 }
 LATENCY = 0.05
 
@@ -91,7 +102,7 @@ class Frameworks:
         venv = self.cache / "venvs" / name
         py = venv / "bin" / "python"
         marker = venv / ".bench-installed"
-        cmds = [[sys.executable, "-m", "venv", str(venv)], [str(py), "-m", "pip", "install", "-q", peer["requirement"]]]
+        cmds = [[sys.executable, "-m", "venv", str(venv)], [str(py), "-m", "pip", "install", "-q", *peer["requirement"].split()]]
         if not (marker.is_file() and marker.read_text() == peer["requirement"] and py.exists()):
             log(f"installing {peer['requirement']} into {venv} (first time only)")
             for cmd in cmds:
@@ -146,6 +157,7 @@ class Runner:
                 "TRACE_DEFAULT_LLM_BACKEND": "CustomLLM",
                 "TRACE_CUSTOMLLM_MODEL": model,
                 "TRACE_CUSTOMLLM_API_KEY": "bench",
+                "DSPY_CACHEDIR": str(cache_dir / "dspy"),  # DSPy's disk cache, per run like everyone's
                 "PYTHONHASHSEED": env.get("PYTHONHASHSEED", ""),
             }
         )
@@ -490,6 +502,14 @@ def render_markdown(res: dict[str, Any]) -> str:
             else:
                 L.append(f"| {label} | not available | — | — | — |")
         L += ["", f"Target: {f['target']}: {_met(f.get('met'))}.", ""]
+    if "quality" in w:
+        from quality import markdown as quality_md
+
+        L += quality_md(w["quality"], w["quality"].get("plot"))
+    if "throughput" in w:
+        from throughput import markdown as throughput_md
+
+        L += throughput_md(w["throughput"], w["throughput"].get("plot"))
     if res.get("notes"):
         L += ["### Targets missed, and why", ""] + [f"- {n}" for n in res["notes"]] + [""]
     L += ["### Exact command lines", "", "```"] + [c for fw in m["frameworks"].values() for c in fw.get("install_commands", [])]
@@ -570,6 +590,16 @@ def missed_notes(res: dict[str, Any]) -> list[str]:
         if label.startswith("textopt") and row.get("available") and row["rate"] < 0.95:
             notes.append(f"(d) {label}: {row['rate']:.0%} valid ({row['valid']}/{row['steps']}); "
                          f"failures: {'; '.join(row['errors'])[:400] or 'the value did not change'}")
+    h = w.get("throughput", {})
+    if h.get("met") is False:
+        t = h["frameworks"]["textopt"]["levels"]
+        notes.append("(h) textopt evaluation: " + ", ".join(f"c={c}: {v['seconds']:.2f} s = {v['x_limit']:.2f}× the limit" for c, v in t.items())
+                     + "; " + ", ".join(f"{k}: " + ", ".join(f"c={c}: {v['seconds']:.2f} s" for c, v in row["levels"].items())
+                                        for k, row in h["frameworks"].items() if k != "textopt" and row.get("available")))
+    if w.get("quality"):
+        from quality import missed as quality_missed
+
+        notes += quality_missed(w["quality"])
     f = w.get("cache_rerun", {})
     for label, row in f.get("optimizers", {}).items():
         if label.startswith("textopt") and row.get("available") and not (row["calls_second"] == 0 and row["identical"]):
@@ -585,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="smaller workloads (a few minutes plus the model's time)")
     g.add_argument("--tiny", action="store_true", help="seconds: latency engine only, no model (for the test)")
-    ap.add_argument("--only", default=",".join(FRAMEWORKS), help="comma-separated frameworks: textopt,textgrad,trace")
-    ap.add_argument("--workloads", default="a,b,c,d,e,f", help="comma-separated subset of a,b,c,d,e,f")
+    ap.add_argument("--only", default=",".join(FRAMEWORKS), help="comma-separated frameworks: " + ",".join(FRAMEWORKS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help="comma-separated subset of a-h (a-f: speed and robustness; g: quality at equal budget; h: evaluation throughput)")
     ap.add_argument("--out", default=None, help="folder for results.json and BENCHMARKS.md (default: the repo's)")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder for the peer venvs and scratch files")
     args = ap.parse_args(argv)
@@ -596,19 +627,19 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown framework(s) {bad}; choose from {', '.join(FRAMEWORKS)}")
     wls = {x.strip() for x in args.workloads.split(",") if x.strip()}
-    if wls - set("abcdef"):
-        ap.error(f"unknown workload(s) {sorted(wls - set('abcdef'))}; choose from a,b,c,d,e,f")
+    if wls - set(WORKLOADS):
+        ap.error(f"unknown workload(s) {sorted(wls - set(WORKLOADS))}; choose from {','.join(WORKLOADS)}")
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     out_json = Path(args.out) / "results.json" if args.out else HERE / "results.json"
     out_md = Path(args.out) / "BENCHMARKS.md" if args.out else ROOT / "BENCHMARKS.md"
-    cache = Path(args.cache)
+    cache = Path(args.cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
 
     # Earlier results of the same mode are kept for workloads not run now (e.g. `--workloads a,b,c` after d,e,f).
     res: dict[str, Any] = {"meta": {}, "workloads": {}}
     previous: dict[str, Any] = {}
-    if out_json.exists() and wls != set("abcdef"):
+    if out_json.exists() and wls != set(WORKLOADS):
         try:
             previous = json.loads(out_json.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
@@ -641,7 +672,15 @@ def main(argv: list[str] | None = None) -> int:
         if "c" in wls:
             res["workloads"]["import"] = wl_import(r, mode)
             save()
-        if wls & set("def"):
+        if "h" in wls:
+            from throughput import wl_throughput
+
+            def publish_h(h: dict[str, Any]) -> None:
+                res["workloads"]["throughput"] = h
+                save()
+
+            publish_h(wl_throughput(r, lat, mode, publish_h))
+        if wls & set("defg"):
             if mode["real_model"]:
                 from textopt.engines.local import smollm2_path
 
@@ -666,6 +705,14 @@ def main(argv: list[str] | None = None) -> int:
                     save()
 
                 publish(*wl_end_to_end(r, server, model, mode, desc, wls, publish))
+            if "g" in wls:
+                from quality import wl_quality
+
+                def publish_g(g: dict[str, Any]) -> None:
+                    res["workloads"]["quality"] = g
+                    save()
+
+                publish_g(wl_quality(r, server, model, mode, desc, publish_g))
         save(final=True)
     log(f"wrote {out_json} and {out_md} in {res['meta']['seconds']} s")
     return 0
@@ -691,6 +738,11 @@ def _save(res: dict[str, Any], previous: dict[str, Any], out_json: Path, out_md:
         "frameworks": frameworks, "install_errors": fw.errors, "runs": runs,
         "commands": sorted(set(prev_meta.get("commands", [])) | set(commands)),
     }
+    for key, mod, png in (("throughput", "throughput", "throughput.png"), ("quality", "quality", "quality.png")):
+        if key in res["workloads"] and res["workloads"][key].get("frameworks", res["workloads"][key].get("optimizers")):
+            plotted = __import__(mod).plot(res["workloads"][key], out_json.parent / png)
+            if plotted is not None:
+                res["workloads"][key]["plot"] = os.path.relpath(plotted, out_md.parent)
     res["notes"] = missed_notes(res)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

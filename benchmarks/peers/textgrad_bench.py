@@ -125,7 +125,81 @@ def prompt_size(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"available": False, "reason": "not part of this workload (OptoPrime vs Trace only)"}
 
 
-WORKLOADS = {"timing": timing, "optimize": optimize, "prompt_size": prompt_size}
+def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
+    """TextGrad's documented way to evaluate a set: a thread pool over model(x) (and the metric)."""
+    import concurrent.futures
+
+    import textgrad as tg
+    from _labels import render, score
+
+    labels = cfg["labels"]
+    runs = []
+    for run in cfg["runs"]:
+        c = run["concurrency"]
+        eng = engine({**cfg, "base_url": run["base_url"]})
+        model = tg.BlackboxLLM(eng)
+
+        def one(ex: dict[str, str]) -> float:
+            x = tg.Variable(render(cfg["template"], f"(level {c}) {ex['question']}"), role_description="input", requires_grad=False)
+            return score(model(x).value, ex["answer"], labels)[0]
+
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=c) as pool:
+            scores = list(pool.map(one, cfg["examples"]))
+        runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": 0})
+    return {"available": True, "how": "concurrent.futures.ThreadPoolExecutor(max_workers=c) over BlackboxLLM(x)", "runs": runs}
+
+
+TEMPLATE_ROLE = ("instruction template for a small classifier model; the text to classify goes where {input} "
+                 "stands, and the reply must name exactly one label")
+
+
+def quality(cfg: dict[str, Any]) -> dict[str, Any]:
+    """TGD on the instruction template: the template is rendered around the input by a StringBasedFunction
+    (so gradients reach it), then BlackboxLLM; the TextLoss judge gets the metric's feedback, as textopt's does.
+    The step schedule is the shared one (benchmarks/peers/_labels.py)."""
+    import textgrad as tg
+    from _labels import render, run_schedule, score
+    from textgrad.autograd.string_based_ops import StringBasedFunction
+
+    labels = cfg["labels"]
+    task_eng = engine({**cfg, "base_url": cfg["task_url"], "max_tokens": cfg["max_tokens"]})
+    opt_eng = engine({**cfg, "base_url": cfg["opt_url"], "max_tokens": cfg["opt_max_tokens"]})
+    tg.set_backward_engine(opt_eng, override=True)
+    template = tg.Variable(cfg["seed_prompt"], role_description=TEMPLATE_ROLE, requires_grad=True)
+    fill = StringBasedFunction(lambda template, text: render(template.value, text.value),
+                               "puts the text into the instruction template's {input} slot (after it when there is no slot)")
+    model = tg.BlackboxLLM(task_eng)
+    calls = [0]
+
+    def forward(ex: dict[str, str]) -> Any:
+        calls[0] += 1
+        x = tg.Variable(ex["question"], role_description="text to classify", requires_grad=False)
+        return model(fill(inputs={"template": template, "text": x}))
+
+    opt = tg.TGD([template], engine=opt_eng)
+
+    def step(batch: list[dict[str, str]]) -> None:
+        opt.zero_grad()
+        outs = [forward(ex) for ex in batch]
+        losses = []
+        for ex, o in zip(batch, outs):
+            why = score(o.value, ex["answer"], labels)[1]
+            losses.append(tg.TextLoss(f"Text: {ex['question']}\nExpected label: {ex['answer']}\nCheck of the response: {why}\n"
+                                      "Say in one or two sentences what the response should have said instead.", engine=opt_eng)(o))
+        tg.sum(losses).backward()
+        opt.step()
+
+    def evaluate(val: list[dict[str, str]]) -> float:
+        return sum(score(forward(ex).value, ex["answer"], labels)[0] for ex in val) / max(1, len(val))
+
+    out = run_schedule(get=lambda: template.value, set_=template.set_value, step=step, evaluate=evaluate, train=cfg["train"],
+                       val=cfg["val"], batch=cfg["batch"], budget=cfg["budget"], seed=cfg["seed"])
+    out["task_calls"] = calls[0]
+    return {"available": True, "final_prompt": template.value, **out, "how": "tg.TGD, shared schedule"}
+
+
+WORKLOADS = {"timing": timing, "optimize": optimize, "prompt_size": prompt_size, "throughput": throughput, "quality": quality}
 
 
 def main() -> None:

@@ -99,7 +99,60 @@ def timing(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"available": False, "reason": "not part of this workload (textopt vs TextGrad only)"}
 
 
-WORKLOADS = {"prompt_size": prompt_size, "optimize": optimize, "timing": timing}
+TEMPLATE_ROLE = ("instruction template for a small classifier model; the text to classify goes where {input} "
+                 "stands, and the reply must name exactly one label")
+
+
+def quality(cfg: dict[str, Any]) -> dict[str, Any]:
+    """OptoPrime on the instruction template: a bundled function renders it around the input in the user turn
+    and calls the task model (an OpenAI client on the task route); the metric's feedback sentence goes to
+    `opt.backward` for each output. Trace's own LLM (CustomLLM, the optimizer route) makes the update.
+    The step schedule is the shared one (benchmarks/peers/_labels.py)."""
+    import openai
+    from _labels import render, run_schedule, score
+    from opto import trace
+    from opto.optimizers import OptoPrime
+    from opto.utils.llm import LLM
+
+    labels = cfg["labels"]
+    client = openai.OpenAI(base_url=cfg["task_url"], api_key="bench", max_retries=0, timeout=900)
+    calls = [0]
+
+    @trace.bundle()
+    def classify(template, text):
+        """Put the text into the instruction template's {input} slot and ask the language model; return its reply."""
+        calls[0] += 1
+        resp = client.chat.completions.create(model=cfg["model"], messages=[{"role": "user", "content": render(template, text)}],
+                                              max_tokens=cfg["max_tokens"], temperature=0)
+        return resp.choices[0].message.content or ""
+
+    template = trace.node(cfg["seed_prompt"], trainable=True, name="instruction_template", description=TEMPLATE_ROLE)
+    opt = OptoPrime([template], llm=LLM(), max_tokens=cfg["opt_max_tokens"])
+
+    @trace.bundle()
+    def numbered(*replies):
+        """Number the replies of one minibatch, one per line."""
+        return "\n".join(f"[{i}] {r}" for i, r in enumerate(replies, 1))
+
+    def step(batch: list[dict[str, str]]) -> None:
+        # Trace's batch recipe: one output node joining the minibatch's outputs, one feedback text joining
+        # their feedback (a backward per output would carry different feedback into the shared template node).
+        opt.zero_feedback()
+        outs = [classify(template, ex["question"]) for ex in batch]
+        feedback = "\n".join(f"[{i}] {score(o.data, ex['answer'], labels)[1]}" for i, (o, ex) in enumerate(zip(outs, batch), 1))
+        opt.backward(numbered(*outs), feedback)
+        opt.step()
+
+    def evaluate(val: list[dict[str, str]]) -> float:
+        return sum(score(classify(template, ex["question"]).data, ex["answer"], labels)[0] for ex in val) / max(1, len(val))
+
+    out = run_schedule(get=lambda: str(template.data), set_=template._set, step=step, evaluate=evaluate, train=cfg["train"],
+                       val=cfg["val"], batch=cfg["batch"], budget=cfg["budget"], seed=cfg["seed"])
+    out["task_calls"] = calls[0]
+    return {"available": True, "final_prompt": str(template.data), **out, "how": "opto OptoPrime, shared schedule"}
+
+
+WORKLOADS = {"prompt_size": prompt_size, "optimize": optimize, "timing": timing, "quality": quality}
 
 
 def main() -> None:
