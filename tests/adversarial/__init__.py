@@ -1,0 +1,1 @@
+"""Adversarial tests: hostile replies, hostile code, hostile inputs (issue 13)."""
