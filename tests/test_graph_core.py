@@ -7,7 +7,7 @@ import weakref
 import pytest
 
 import textopt as to
-from textopt.backward import topological_order
+from textopt.graph import topological_order
 
 
 def test_op_output_links_to_inputs_and_inherits_requires_grad():

@@ -12,7 +12,7 @@ import weakref
 import pytest
 
 import textopt as to
-from textopt.trace import CodeVariable, TracedFunction, find_source
+from textopt.trace import CodeVariable, Traced, find_source
 
 
 @to.trace
@@ -42,7 +42,7 @@ def test_mixed_plain_and_variable_arguments_name_and_description():
     assert out.value == "left|right"
     assert out.parents == (a,) and not out.requires_grad
     assert join.name == "joiner" and join.description == "joins two parts with a separator"
-    assert [k for k, _ in out.ctx["args"]] == ["a", "b", "sep"]
+    assert [k for k, _ in out.ctx.args] == ["a", "b", "sep"]
     with pytest.raises(TypeError, match="joiner"):
         join(a)
 
@@ -75,7 +75,7 @@ def test_error_becomes_node_with_failing_line_marked_and_can_backward():
         parse_count(x)
     err = info.value.variable
     assert isinstance(info.value.__cause__, ValueError)
-    assert err.parents == (x,) and err.requires_grad and err.ctx["error"]
+    assert err.parents == (x,) and err.requires_grad and err.ctx.error is not None
     marked = [line for line in err.value.splitlines() if line.startswith(">>")]
     assert len(marked) == 1 and "int(text.strip().split()[-1])" in marked[0]
     assert "ValueError" in err.value
@@ -196,7 +196,7 @@ def test_untrainable_function_is_never_replaced_by_exec():
 
     assert plain.code is None and plain.timeout is None
     plain("a")
-    assert calls == ["a"] and plain._body()[0] is plain.fn
+    assert calls == ["a"] and plain._body() is plain.fn
 
 
 def test_source_of_function_without_file_fails_clearly_when_trainable():
@@ -223,7 +223,7 @@ def test_source_found_in_ipython_history(monkeypatch):
     monkeypatch.setitem(sys.modules, "IPython", fake)
     src = find_source(ns["from_cell"])
     assert src is not None and src[0].startswith("def from_cell(x):") and "return x + 1" in src[0]
-    assert isinstance(to.trace(ns["from_cell"], trainable=True), TracedFunction)
+    assert isinstance(to.trace(ns["from_cell"], trainable=True), Traced)
 
 
 def test_ten_thousand_forward_passes_leave_memory_flat():

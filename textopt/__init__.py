@@ -11,7 +11,7 @@ from typing import Any
 from .context import using
 from .engines import Completion, Engine, ScriptedEngine, Usage, get_engine, track_usage
 from .errors import BudgetExceeded, EngineError, GraphError, ParseError, TextoptError, UpdateError
-from .function import Context, Feedback, Function
+from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .loss import TextLoss
 from .ops import LLM, LLMCall, sum
@@ -22,8 +22,8 @@ from .variable import Gradient, Variable
 __version__ = "0.1.0"
 
 __all__ = [
-    "LLM", "LLMCall", "OptoPrime", "TGD", "TraceError", "BudgetExceeded", "Completion", "Context", "Engine", "EngineError", "Feedback",
-    "Function", "Gradient", "GraphError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
+    "LLM", "LLMCall", "OptoPrime", "TGD", "TraceError", "BudgetExceeded", "Completion", "Engine", "EngineError", "Feedback",
+    "Function", "Gradient", "GraphError", "OpContext", "OpDescription", "OpError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
     "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
     "trace", "graph", "track_usage", "using",
     "Trainer", "History", "resume", "save", "load", "datasets", "aegis",  # lazy (see _LAZY)

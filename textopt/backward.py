@@ -11,7 +11,8 @@ from .context import resolve_backward_engine
 from .engines.base import Engine
 from .errors import GraphError
 from .function import Feedback
-from .prompts import render_messages
+from .graph import topological_order
+from .prompts import elide, render_messages
 from .variable import Variable
 
 #: Up to this many gradients (and this many characters together) are passed on verbatim.
@@ -21,44 +22,6 @@ JOINED_CHARS = 3000
 GROUP_SIZE = 4
 #: Each gradient shown to an LLM is cut to this many characters.
 GRADIENT_CHARS = 2000
-
-
-def topological_order(root: Variable) -> list[Variable]:
-    """Ancestors of `root` that require grad, each after all its consumers (root first).
-
-    Raises GraphError naming a variable on a cycle.
-    """
-    order: list[Variable] = []
-    state: dict[int, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[tuple[Variable, int]] = [(root, 0)]
-    path: list[Variable] = []
-    while stack:
-        var, i = stack.pop()
-        if i == 0:
-            if state.get(id(var)) == 2:
-                continue
-            state[id(var)] = 1
-            path.append(var)
-        parents = [p for p in var.parents if p.requires_grad]
-        if i < len(parents):
-            stack.append((var, i + 1))
-            p = parents[i]
-            s = state.get(id(p))
-            if s == 1:
-                cycle = path[path.index(p):] + [p]
-                names = " -> ".join(v.name for v in cycle)
-                raise GraphError(
-                    f"the graph has a cycle through variable {p.name!r} ({names}); a variable can't be its own ancestor: "
-                    "build a new Variable instead of re-pointing parents"
-                )
-            if s is None:
-                stack.append((p, 0))
-        else:
-            state[id(var)] = 2
-            path.pop()
-            order.append(var)
-    order.reverse()  # post-order reversed: consumers before producers
-    return order
 
 
 def _joined(var: Variable) -> str:
@@ -73,11 +36,11 @@ async def feedback_text(var: Variable, engine: Engine) -> str:
     """All feedback on `var` as one bounded text.
 
     Up to DIRECT_LIMIT gradients totalling at most JOINED_CHARS are joined as they are (no call).
-    More are condensed hierarchically:
-    groups of GROUP_SIZE (each gradient cut to GRADIENT_CHARS) are merged by one LLM call each,
-    concurrently, level by level. So an update prompt holds at most GROUP_SIZE × GRADIENT_CHARS of
-    feedback however many gradients arrived: 64 gradients cost 16 + 4 + 1 = 21 small calls, not a
-    64× prompt. The result is cached on the variable until its gradients change.
+    Otherwise each gradient is cut to GRADIENT_CHARS (a marker says how much was cut), and more than one
+    are condensed hierarchically: groups of GROUP_SIZE are merged by one LLM call each, concurrently,
+    level by level. So an update prompt holds at most GRADIENT_CHARS of feedback however many (or however
+    long) gradients arrived: 64 gradients cost 16 + 4 + 1 = 21 small calls, not a 64x prompt.
+    The result is cached on the variable until its gradients change.
     """
     grads = var.gradients
     if not grads:
@@ -88,7 +51,7 @@ async def feedback_text(var: Variable, engine: Engine) -> str:
     if len(grads) <= DIRECT_LIMIT and total <= JOINED_CHARS:
         text = _joined(var)
     else:
-        texts = [g.text for g in grads]
+        texts = [elide(g.text, GRADIENT_CHARS) for g in grads]
         while len(texts) > 1:
             groups = [texts[i : i + GROUP_SIZE] for i in range(0, len(texts), GROUP_SIZE)]
             texts = list(await asyncio.gather(*(_condense(var, group, engine) for group in groups)))
@@ -103,11 +66,16 @@ async def _condense(var: Variable, texts: list[str], engine: Engine) -> str:
     messages = render_messages("condense.j2", role=var.role, feedback=texts, limit=GRADIENT_CHARS)
     reply = await engine.acomplete(messages, max_tokens=GRADIENT_CHARS // 4)
     text = reply.text.strip()
-    return text[: GRADIENT_CHARS] if text else "\n".join(t[: GRADIENT_CHARS // len(texts)] for t in texts)
+    return elide(text, GRADIENT_CHARS) if text else "\n".join(t[: GRADIENT_CHARS // len(texts)] for t in texts)
 
 
 async def run_backward(root: Variable, engine: Engine | str | None = None) -> None:
-    """Send textual gradients from `root` to every ancestor that requires grad."""
+    """Send textual gradients from `root` to every ancestor that requires grad.
+
+    The objective: `root` when it has no feedback of its own, any variable marked `is_objective` (a
+    loss's output) that received none, and inputs an op hands back as objectives (Sum does). An op whose
+    output got no feedback and is no objective is skipped: there is nothing to send back through it.
+    """
     if not isinstance(root, Variable):
         raise TypeError(f"backward starts from a Variable, got {type(root).__name__}")
     if not root.requires_grad:
@@ -115,15 +83,16 @@ async def run_backward(root: Variable, engine: Engine | str | None = None) -> No
             f"variable {root.name!r} does not require grad: no trainable Variable (requires_grad=True) leads to it, "
             "so backward has nothing to improve"
         )
-    produced_by = root.ctx.get("engine") if root.ctx is not None else None
-    eng = resolve_backward_engine(engine, produced_by if isinstance(produced_by, Engine) else None)
-    order = topological_order(root)
+    produced_by = root.ctx.engine if root.ctx is not None else None
+    eng = resolve_backward_engine(engine, produced_by)
+    order = topological_order(root, requires_grad_only=True)
     in_graph = {id(v) for v in order}
     pending = {id(v): 0 for v in order}
     for v in order:
         for p in v.parents:
             if id(p) in in_graph:
                 pending[id(p)] += 1
+    objectives = {id(root)} if not root.gradients else set()
 
     tasks: set[asyncio.Task[None]] = set()
     done = asyncio.Event()
@@ -132,19 +101,23 @@ async def run_backward(root: Variable, engine: Engine | str | None = None) -> No
 
     async def visit(var: Variable) -> None:
         try:
-            own = var.text
-            if (var is root and not var.gradients) or all(g.text == own for g in var.gradients):
-                # The output is the objective itself (a loss, or a loss passed through a sum).
-                fb = Feedback(text=own, is_objective=True)
-            else:
-                fb = Feedback(text=await feedback_text(var, eng))
             targets = [p for p in var.parents if id(p) in in_graph]
+            fb: Feedback | None = None
+            if var.gradients:
+                fb = Feedback(text=await feedback_text(var, eng))
+            elif var.is_objective or id(var) in objectives:
+                fb = Feedback(text=var.text, is_objective=True)
             assert var.grad_fn is not None and var.ctx is not None
-            grads = await var.grad_fn.backward(var.ctx, var, fb, eng) if targets else {}
+            grads = await var.grad_fn.backward(var.ctx, var, fb, eng) if targets and fb is not None else {}
             for p in targets:
-                text = grads.get(p)
-                if text:
-                    p.add_gradient(text, source=var)
+                sent = grads.get(p)
+                if isinstance(sent, Feedback):
+                    if sent.is_objective:
+                        objectives.add(id(p))
+                    elif sent.text:
+                        p.add_gradient(sent.text, source=var)
+                elif sent:
+                    p.add_gradient(sent, source=var)
             for p in targets:
                 pending[id(p)] -= 1
                 if pending[id(p)] == 0 and p.grad_fn is not None:

@@ -10,16 +10,65 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import GraphError
+from .function import OpDescription
 from .variable import Variable
 
 LABEL_CHARS = 40
 _COLORS = {"trainable": "#ffd966", "error": "#f4a6a6", "op": "#dbe8fb", "leaf": "#eeeeee"}
 
 
+def topological_order(root: Variable, *, requires_grad_only: bool = False) -> list[Variable]:
+    """`root` and its ancestors, each after all its consumers (root first); iterative, so deep chains are fine.
+
+    requires_grad_only: follow only parents that require grad (what backward visits).
+    Every walk of the graph (backward, OptoPrime, `graph()`) goes through here, so each one raises the
+    same GraphError, naming the variables on the cycle, when parents were re-pointed into a loop.
+    """
+    order: list[Variable] = []
+    state: dict[int, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[tuple[Variable, int]] = [(root, 0)]
+    path: list[Variable] = []
+    while stack:
+        var, i = stack.pop()
+        if i == 0:
+            if state.get(id(var)) == 2:
+                continue
+            state[id(var)] = 1
+            path.append(var)
+        parents = [p for p in var.parents if p.requires_grad] if requires_grad_only else var.parents
+        if i < len(parents):
+            stack.append((var, i + 1))
+            p = parents[i]
+            s = state.get(id(p))
+            if s == 1:
+                cycle = path[path.index(p):] + [p]
+                names = " -> ".join(v.name for v in cycle)
+                raise GraphError(
+                    f"the graph has a cycle through variable {p.name!r} ({names}); a variable can't be its own ancestor: "
+                    "build a new Variable instead of re-pointing parents"
+                )
+            if s is None:
+                stack.append((p, 0))
+        else:
+            state[id(var)] = 2
+            path.pop()
+            order.append(var)
+    order.reverse()  # post-order reversed: consumers before producers
+    return order
+
+
+def describe(var: Variable) -> OpDescription | None:
+    """What the op that made `var` says about that call (None for a leaf)."""
+    if var.grad_fn is None or var.ctx is None:
+        return None
+    return var.grad_fn.describe(var.ctx, var)
+
+
 def _kind(var: Variable) -> str:
     if var.requires_grad and var.grad_fn is None:
         return "trainable"
-    if var.ctx is not None and var.ctx.get("error"):
+    if var.ctx is not None and var.ctx.error is not None:
         return "error"
     return "op" if var.grad_fn is not None else "leaf"
 
@@ -30,42 +79,33 @@ def _short(text: str, n: int = LABEL_CHARS) -> str:
 
 
 def graph(output: Variable) -> Any:
-    """The recorded graph up to `output` as a networkx DiGraph (a TraceGraph: it can draw itself).
+    """The recorded graph up to `output` as a networkx DiGraph (a `Graph`: it can draw itself).
 
-    Nodes are variable names with attributes role, value (short), op, trainable, error, kind.
+    Nodes are variable names with attributes role, value (short), op, doc (what the op says it does),
+    trainable, error, kind. Raises GraphError on a cycle.
     """
     if not isinstance(output, Variable):
         raise TypeError(f"graph() takes the output Variable, got {type(output).__name__}")
+    nodes = topological_order(output)
     g = _graph_class()()
     ids: dict[int, str] = {}
     used: set[str] = set()
-
-    def key(v: Variable) -> str:
-        k = ids.get(id(v))
-        if k is None:
-            k = v.name
-            n = 2
-            while k in used:  # two variables given the same name by hand
-                k, n = f"{v.name}#{n}", n + 1
-            used.add(k)
-            ids[id(v)] = k
-            kind = _kind(v)
-            g.add_node(
-                k, role=v.role, value=_short(v.text, 200), op=v.grad_fn.op_name if v.grad_fn is not None else "",
-                trainable=kind == "trainable", error=kind == "error", kind=kind,
-            )
-        return k
-
-    stack = [output]
-    seen = {id(output)}
-    key(output)
-    while stack:
-        v = stack.pop()
+    for v in nodes:
+        k = v.name
+        n = 2
+        while k in used:  # two variables given the same name by hand
+            k, n = f"{v.name}#{n}", n + 1
+        used.add(k)
+        ids[id(v)] = k
+        kind = _kind(v)
+        desc = describe(v)
+        g.add_node(
+            k, role=v.role, value=_short(v.text, 200), op=desc.name if desc else "", doc=desc.doc if desc else "",
+            trainable=kind == "trainable", error=kind == "error", kind=kind,
+        )
+    for v in nodes:
         for p in v.parents:
-            g.add_edge(key(p), key(v))
-            if id(p) not in seen:
-                seen.add(id(p))
-                stack.append(p)
+            g.add_edge(ids[id(p)], ids[id(v)])
     return g
 
 
@@ -147,7 +187,7 @@ def _graph_class() -> Any:
     if not _CLASS:
         import networkx as nx
 
-        class TraceGraph(nx.DiGraph):
+        class Graph(nx.DiGraph):
             """A networkx DiGraph of a textopt run that can draw itself (DOT, SVG, inline in Jupyter)."""
 
             def to_dot(self) -> str:
@@ -159,5 +199,5 @@ def _graph_class() -> Any:
             def _repr_svg_(self) -> str:
                 return to_svg(self)
 
-        _CLASS.append(TraceGraph)
+        _CLASS.append(Graph)
     return _CLASS[0]

@@ -1,4 +1,4 @@
-"""Losses: an LLM evaluates a variable against an instruction; the evaluation is the objective."""
+"""Losses: an LLM evaluates a variable against an instruction; the evaluation is the objective (marked `is_objective`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -25,7 +25,9 @@ class TextLoss:
 
     async def acall(self, x: Variable | str) -> Variable:
         op = LLMCall(self.engine, role="evaluation of " + (x.role if isinstance(x, Variable) else "input"), **self.options)
-        return await op.acall(self.instruction, x)
+        out = await op.acall(self.instruction, x)
+        out.is_objective = True  # backward shows it as the thing to improve
+        return out
 
     def __call__(self, x: Variable | str) -> Variable:
         from ._sync import run_sync

@@ -12,17 +12,37 @@ import re
 from pathlib import Path
 from typing import Any
 
-# Tags our templates use for structure. Content that contains them is escaped (`<` -> `&lt;`).
+# Tags our templates use for structure. Content that contains them is escaped (`<` -> `&lt;`, see escape_tags).
 RESERVED_TAGS = (
     "variable", "value", "feedback", "input", "output", "system_prompt", "instruction", "example",
     "constraint", "past", "objective", "context", "code", "trace", "gradient", "data", "new_value",
     "reasoning", "item", "text", "error", "report", "history", "document", "attack", "essay", "prompt",
 )
-_TAG_RE = re.compile(r"<(/?)\s*(" + "|".join(RESERVED_TAGS) + r")\b", re.IGNORECASE)
+_TAGS = "|".join(RESERVED_TAGS)
+_TAG_RE = re.compile(r"<(?=/?\s*(?:" + _TAGS + r")\b)", re.IGNORECASE)
+_AMP_RE = re.compile(r"&(?=(?:lt|amp);)", re.IGNORECASE)
+_UNESCAPE_RE = re.compile(r"&amp;(?=(?:lt|amp);)|&lt;(?=/?\s*(?:" + _TAGS + r")\b)", re.IGNORECASE)
 
 
 def escape_tags(text: str) -> str:
-    return _TAG_RE.sub(lambda m: "&lt;" + m.group(1) + m.group(2), text)
+    """Make our own tags inert inside content: `<output>` -> `&lt;output>`. An `&` that would read as one of
+    these escapes (`&lt;`, `&amp;`) becomes `&amp;`, so `unescape_tags` restores every text exactly."""
+    return _TAG_RE.sub("&lt;", _AMP_RE.sub("&amp;", text))
+
+
+def unescape_tags(text: str) -> str:
+    """Inverse of `escape_tags`: optimizers apply it to new values, since a model that saw `&lt;output>`
+    copies it that way, and the value must keep `<output>` (the round trip holds for any text)."""
+    return _UNESCAPE_RE.sub(lambda m: "&" if m.group(0)[1] in "aA" else "<", text)
+
+
+def elide(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters: head and tail kept, a marker saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 60, 0)
+    head, tail = text[: keep * 2 // 3], text[len(text) - keep // 3 :] if keep // 3 else ""
+    return f"{head}\n[... {len(text) - len(head) - len(tail)} characters elided ...]\n{tail}"
 
 
 def data(value: Any, tag: str = "data", limit: int | None = None) -> str:
@@ -30,10 +50,8 @@ def data(value: Any, tag: str = "data", limit: int | None = None) -> str:
     from .variable import as_text
 
     text = as_text(value)
-    if limit is not None and len(text) > limit:
-        keep = max(limit - 60, 0)
-        head, tail = text[: keep * 2 // 3], text[len(text) - keep // 3 :] if keep // 3 else ""
-        text = f"{head}\n[... {len(text) - len(head) - len(tail)} characters elided ...]\n{tail}"
+    if limit is not None:
+        text = elide(text, limit)
     return f"<{tag}>\n{escape_tags(text)}\n</{tag}>"
 
 

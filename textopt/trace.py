@@ -28,8 +28,7 @@ import traceback
 from typing import Any, Callable, Mapping
 
 from .engines.base import Engine
-from .errors import TextoptError
-from .function import Context, Feedback, Function
+from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .variable import Variable, as_text
 
 #: Default time limit (seconds) for one call of trainable code.
@@ -40,13 +39,9 @@ SHOWN_CHARS = 4000
 _counter = itertools.count(1)
 
 
-class TraceError(TextoptError):
+class TraceError(OpError):
     """A traced function raised. `.variable` is the error node: its value is the annotated traceback,
     its parents are the call's inputs, so you can backward from it (or hand it to OptoPrime) like any output."""
-
-    def __init__(self, message: str, variable: Variable) -> None:
-        super().__init__(message)
-        self.variable = variable
 
 
 class TraceTimeout(BaseException):
@@ -264,38 +259,84 @@ async def arun_limited(call: Callable[[], Any], timeout: float, name: str) -> An
 
 # -- the op ------------------------------------------------------------------------------------
 class TracedCall(Function):
-    """The op behind every traced function: forward runs the body; backward asks an LLM how each input
-    (including the code, when trainable) should change, with the function's description, code, inputs
-    and output as context. One op per traced function; each call's details live on its Context."""
+    """The op behind every traced function: forward runs the body (an exception becomes an error node);
+    backward asks an LLM how each input (including the code, when trainable) should change, with the
+    function's description, code, inputs and output as context. One op per traced function; each call's
+    details live on its OpContext (args as called; saved: source, code)."""
 
-    def __init__(self, traced: "TracedFunction") -> None:
+    def __init__(self, traced: "Traced") -> None:
         self.traced = traced
+        self.role = f"output of {traced.name}"
 
     @property
     def op_name(self) -> str:
         return self.traced.name
 
-    async def forward(self, ctx: Context, *inputs: Variable) -> Any:  # the call path is TracedFunction._call
-        raise TypeError(f"call the traced function {self.traced.name!r} itself, not its op")
+    def output_name(self, ctx: OpContext) -> str:
+        return f"{self.traced.name}_{'error_' if ctx.error is not None else ''}{next(_counter)}"
 
-    async def backward(self, ctx: Context, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
+    def error(self, ctx: OpContext, output: Variable) -> TraceError:
+        exc = ctx.error
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err = TraceError(f"{self.traced.name} raised {type(exc).__name__}: {first} (the error node is .variable: {output.name})", output)
+        err.__cause__ = exc
+        return err
+
+    def forward_sync(self, ctx: OpContext, *inputs: Variable) -> Any:
+        fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
+        try:  # trainable code is compiled inside the time limit too (its module-level statements run then)
+            if fn.timeout is not None:
+                return run_limited(lambda: fn._body()(*args, **kwargs), fn.timeout, fn.name)
+            return fn._body()(*args, **kwargs)
+        except Exception as exc:
+            return self._failed(ctx, exc)
+
+    async def forward(self, ctx: OpContext, *inputs: Variable) -> Any:
+        fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
+        try:
+            if fn.timeout is not None:
+                if fn.is_async:
+                    return await arun_limited(lambda: asyncio.run(fn._body()(*args, **kwargs)), fn.timeout, fn.name)
+                return await arun_limited(lambda: fn._body()(*args, **kwargs), fn.timeout, fn.name)
+            if fn.is_async:
+                return await fn._body()(*args, **kwargs)
+            return fn._body()(*args, **kwargs)
+        except Exception as exc:
+            return self._failed(ctx, exc)
+
+    def _failed(self, ctx: OpContext, exc: Exception) -> str:
+        ctx.error = exc
+        return self.traced._annotate(exc, ctx.saved["source"])
+
+    def describe(self, ctx: OpContext, output: Variable) -> OpDescription:
+        fn = self.traced
+        doc = fn.description or "(no docstring)"
+        if fn.code is None:
+            doc += "\nSource:\n" + (fn.source or fn.signature_text)
+        else:
+            doc += f"\n(its code is the trainable variable {fn.code.name})"
+        return OpDescription(name=fn.name, args=list(ctx.args), doc=doc,
+                             note=f"runs {fn.code.name}" if fn.code is not None else "")
+
+    async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
         from .prompts import render_messages
 
         targets = [p for p in output.parents if p.requires_grad]
+        code = ctx.saved["code"]
 
         async def one(target: Variable) -> str:
             messages = render_messages(
                 "trace_backward.j2",
                 fn_name=self.traced.name,
                 description=self.traced.description,
-                code=ctx.get("source") or self.traced.signature_text,
+                code=ctx.saved["source"] or self.traced.signature_text,
                 args=[(k, v.name if isinstance(v, Variable) else None, as_text(v.value if isinstance(v, Variable) else v))
-                      for k, v in ctx["args"]],
+                      for k, v in ctx.args],
                 output=output,
-                is_error=bool(ctx.get("error")),
+                is_error=ctx.error is not None,
                 feedback=feedback,
                 target=target,
-                target_is_code=target is ctx.get("code"),
+                target_is_code=target is code,
                 limit=SHOWN_CHARS,
             )
             return (await engine.acomplete(messages)).text.strip()
@@ -304,8 +345,8 @@ class TracedCall(Function):
         return dict(zip(targets, texts))
 
 
-class TracedFunction:
-    """A Python function recorded in the graph on every call. Use via `@trace`."""
+class Traced:
+    """A Python function recorded in the graph on every call (what `@trace` returns; its op is `.op`)."""
 
     def __init__(
         self,
@@ -368,16 +409,18 @@ class TracedFunction:
         return [self.code] if self.code is not None else []
 
     # -- body selection ---------------------------------------------------------------------
-    def _body(self) -> tuple[Callable[..., Any], str | None]:
-        """The callable to run and the source it came from (the current code when trainable)."""
-        if self.code is None:
-            return self.fn, self.source
-        src = self.code.value
-        if src == self.source:
-            return self.fn, src
+    def _source(self) -> str | None:
+        """The code that runs now: the current value of the code Variable when trainable."""
+        return self.code.value if self.code is not None else self.source
+
+    def _body(self) -> Callable[..., Any]:
+        """The callable to run (the current code, compiled on first use, when trainable)."""
+        src = self._source()
+        if self.code is None or src == self.source:
+            return self.fn
         if self._compiled is None or self._compiled[0] != src:
             self._compiled = (src, self._compile(src))
-        return self._compiled[1], src
+        return self._compiled[1]
 
     def _compile(self, src: str) -> Callable[..., Any]:
         """Build the trainable function from its (checked) code, with the original's globals and closure values."""
@@ -420,61 +463,23 @@ class TracedFunction:
         plain_kwargs = {k: (v.value if isinstance(v, Variable) else v) for k, v in bound.kwargs.items()}
         return shown, plain_args, plain_kwargs, parents
 
-    def _record(self, shown: list[tuple[str, Any]], parents: list[Variable], source: str | None, value: Any = None,
-                error: BaseException | None = None) -> Variable:
+    def _prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Variable], OpContext]:
+        """The op's inputs (Variable arguments, then the code when trainable) and the call's context."""
+        shown, pargs, pkwargs, parents = self._bind(args, kwargs)
         if self.code is not None:
             parents = [*parents, self.code]
-        ctx = Context(args=shown, source=source, code=self.code, error=error is not None)
-        n = next(_counter)
-        if error is None:
-            var = Variable(value, role=f"output of {self.name}", parents=parents, name=f"{self.name}_{n}")
-        else:
-            text = self._annotate(error, source)
-            var = Variable(text, role=f"error raised by {self.name}", parents=parents, name=f"{self.name}_error_{n}")
-        var.requires_grad = any(p.requires_grad for p in parents)
-        var.grad_fn = self.op
-        var.ctx = ctx
-        return var
-
-    def _fail(self, exc: BaseException, shown: list[tuple[str, Any]], parents: list[Variable], source: str | None) -> TraceError:
-        var = self._record(shown, parents, source, error=exc)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        err = TraceError(f"{self.name} raised {type(exc).__name__}: {first} (the error node is .variable: {var.name})", var)
-        err.__cause__ = exc
-        return err
+        ctx = OpContext(args=shown, saved={"source": self._source(), "code": self.code, "call": (pargs, pkwargs)})
+        return parents, ctx
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call with Variables and/or plain values; returns a Variable (a coroutine for async functions)."""
         if self.is_async:
             return self.acall(*args, **kwargs)
-        shown, pargs, pkwargs, parents = self._bind(args, kwargs)
-        body, source = self._body()
-        try:
-            if self.timeout is not None:
-                value = run_limited(lambda: body(*pargs, **pkwargs), self.timeout, self.name)
-            else:
-                value = body(*pargs, **pkwargs)
-        except Exception as exc:
-            raise self._fail(exc, shown, parents, source) from exc
-        return self._record(shown, parents, source, value)
+        return self.op.apply_sync(*self._prepare(args, kwargs))
 
     async def acall(self, *args: Any, **kwargs: Any) -> Variable:
         """The async path: awaits async bodies; sync bodies of trainable code run off the loop with the time limit."""
-        shown, pargs, pkwargs, parents = self._bind(args, kwargs)
-        body, source = self._body()
-        try:
-            if self.timeout is not None:
-                if self.is_async:
-                    value = await arun_limited(lambda: asyncio.run(body(*pargs, **pkwargs)), self.timeout, self.name)
-                else:
-                    value = await arun_limited(lambda: body(*pargs, **pkwargs), self.timeout, self.name)
-            elif self.is_async:
-                value = await body(*pargs, **pkwargs)
-            else:
-                value = body(*pargs, **pkwargs)
-        except Exception as exc:
-            raise self._fail(exc, shown, parents, source) from exc
-        return self._record(shown, parents, source, value)
+        return await self.op.apply(*self._prepare(args, kwargs))
 
     # -- error text -------------------------------------------------------------------------
     def _annotate(self, exc: BaseException, source: str | None) -> str:
@@ -519,8 +524,8 @@ def trace(
     """Record every call of a Python function in the graph. `@trace`, or `@trace(name=, description=,
     trainable=, timeout=)`. trainable=True makes the source code a Variable an optimizer can rewrite;
     its calls then run with a time limit (`timeout` seconds, default DEFAULT_TIMEOUT)."""
-    def wrap(f: Callable[..., Any]) -> TracedFunction:
-        return TracedFunction(f, name=name, description=description, trainable=trainable, timeout=timeout)
+    def wrap(f: Callable[..., Any]) -> Traced:
+        return Traced(f, name=name, description=description, trainable=trainable, timeout=timeout)
 
     if fn is None:
         return wrap

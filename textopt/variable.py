@@ -15,7 +15,7 @@ from ._sync import run_sync
 
 if TYPE_CHECKING:
     from .engines.base import Engine
-    from .function import Context, Function
+    from .function import Function, OpContext
 
 _counter = itertools.count(1)
 
@@ -68,6 +68,11 @@ class Variable:
         for p in self.parents:
             if not isinstance(p, Variable):
                 raise TypeError(f"parents of {self.name!r} must be Variables, got {type(p).__name__}")
+        if value is None and not self.parents:
+            raise ValueError(
+                f"Variable(None, role={role!r}): a Variable needs a value (None would reach the LLM as the text 'null'); "
+                "use '' for empty text"
+            )
         if requires_grad and not self.parents and not isinstance(value, str):
             raise TypeError(
                 f"trainable variable {self.name!r} holds a {type(value).__name__}; trainable values must be text "
@@ -77,7 +82,9 @@ class Variable:
         self.requires_grad = bool(requires_grad)
         self.gradients: list[Gradient] = []
         self.grad_fn: "Function | None" = None
-        self.ctx: "Context | None" = None
+        self.ctx: "OpContext | None" = None
+        #: True for an objective (a loss's evaluation): backward shows it as the thing to improve, not as feedback.
+        self.is_objective = False
         self._feedback_cache: tuple[int, str] | None = None
 
     # -- text ---------------------------------------------------------------------------------

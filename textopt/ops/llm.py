@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from ..context import resolve_engine
 from ..engines.base import Engine
-from ..function import Context, Feedback, Function, require_text
+from ..function import Feedback, Function, OpContext, OpDescription, require_text
 from ..prompts import render_messages
 from ..variable import Variable
 
@@ -26,7 +26,7 @@ class LLMCall(Function):
         self.role = role or "response from the language model"
         self.options = options
 
-    async def forward(self, ctx: Context, *inputs: Variable) -> str:
+    async def forward(self, ctx: OpContext, *inputs: Variable) -> str:
         if len(inputs) == 1:
             system, user = None, inputs[0]
         elif len(inputs) == 2:
@@ -39,12 +39,22 @@ class LLMCall(Function):
         messages.append({"role": "user", "content": require_text(user, "LLM call")})
         engine = resolve_engine(self.engine)
         reply = await engine.acomplete(messages, **self.options)
-        ctx["system"], ctx["user"], ctx["engine"] = system, user, engine
+        ctx.engine = engine
+        ctx.args = ([("system", system)] if system is not None else []) + [("input", user)]
+        ctx.saved.update(system=system, user=user)
         return reply.text
 
-    async def backward(self, ctx: Context, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
-        system: Variable | None = ctx["system"]
-        user: Variable = ctx["user"]
+    def describe(self, ctx: OpContext, output: Variable) -> OpDescription:
+        model = f" ({ctx.engine.kind} model {ctx.engine.model!r})" if ctx.engine is not None else ""
+        return OpDescription(
+            name=self.op_name, args=list(ctx.args),
+            doc=f"Calls a language model{model}: the system prompt (if any) as instructions, the input as the user "
+                "message; returns its reply.",
+        )
+
+    async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
+        system: Variable | None = ctx.saved["system"]
+        user: Variable = ctx.saved["user"]
         targets = [v for v in (system, user) if v is not None and v.requires_grad]
 
         async def one(target: Variable) -> str:

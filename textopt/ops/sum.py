@@ -4,30 +4,49 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from ..engines.base import Engine
-from ..function import Context, Feedback, Function
+from ..function import Feedback, Function, OpContext
 from ..variable import Variable
+
+#: Roles named in a sum's own role (nested sums name the roles of what they add up, not each other's roles).
+ROLES_SHOWN = 3
+
+
+def _base_roles(inputs: tuple[Variable, ...]) -> list[str]:
+    roles: set[str] = set()
+    for v in inputs:
+        inner = v.ctx.saved.get("roles") if isinstance(v.grad_fn, Sum) and v.ctx is not None else None
+        roles.update(inner if inner is not None else (v.role,))
+    return sorted(roles)
 
 
 class Sum(Function):
-    """Forward: the inputs' texts, one per block. Backward: each input gets the sum's feedback as is
-    (when the sum is the objective, each input is the objective itself: its own text)."""
+    """Joins its inputs' texts, one block each. Backward: each input gets the sum's feedback as is; when the
+    sum is the objective, each input is an objective itself."""
 
     def output_role(self, *inputs: Variable) -> str:
-        roles = sorted(set(v.role for v in inputs))
-        return "sum of " + (roles[0] if len(roles) == 1 else "; ".join(roles))
+        roles = _base_roles(inputs)
+        more = f"; and {len(roles) - ROLES_SHOWN} more" if len(roles) > ROLES_SHOWN else ""
+        return "sum of " + "; ".join(roles[:ROLES_SHOWN]) + more
 
-    async def forward(self, ctx: Context, *inputs: Variable) -> str:
+    async def forward(self, ctx: OpContext, *inputs: Variable) -> str:
+        return self.forward_sync(ctx, *inputs)
+
+    def forward_sync(self, ctx: OpContext, *inputs: Variable) -> str:  # no I/O: no event loop needed
+        ctx.saved["roles"] = _base_roles(inputs)
         return "\n\n".join(v.text for v in inputs)
 
-    async def backward(self, ctx: Context, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
+    async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str | Feedback]:
         if feedback.is_objective:
-            return {v: v.text for v in output.parents if v.requires_grad}
+            return {v: Feedback(v.text, is_objective=True) for v in output.parents if v.requires_grad}
         return {v: feedback.text for v in output.parents if v.requires_grad}
 
 
 def sum(variables: Iterable[Variable]) -> Variable:  # noqa: A001 - mirrors torch.sum
-    """One Variable standing for all of `variables` (typically losses); backward reaches each."""
+    """One Variable standing for all of `variables` (typically losses); backward reaches each.
+    A sum of objectives (losses) is an objective itself."""
     vs = list(variables)
     if not vs:
         raise ValueError("to.sum needs at least one Variable")
-    return Sum()(*vs)
+    out = Sum()(*vs)
+    out.is_objective = all(v.is_objective for v in vs if isinstance(v, Variable))
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..context import resolve_backward_engine
@@ -24,20 +24,7 @@ from ..prompts import render_messages
 from ..variable import Variable
 from .base import Optimizer, UpdateFailure
 from .parse import _objects, loads, parse_reply
-
-#: Budget (characters) for the code-like lines of one trace.
-TRACE_CHARS = 4500
-#: Intermediate values are shown up to this many characters.
-VALUE_CHARS = 80
-#: Inputs (constants) and outputs are shown up to these many characters.
-INPUT_CHARS = 400
-OUTPUT_CHARS = 1500
-#: At most this many inputs are listed (the rest are counted).
-MAX_INPUTS = 12
-#: Non-trainable function source (and docstring) shown in the docs, per function; at most MAX_DOCS functions.
-DOC_CHARS = 600
-MAX_DOCS = 12
-
+from .trace_view import ancestors, build_view
 
 @dataclass
 class Past:
@@ -49,50 +36,6 @@ class Past:
 class _Record:
     output: Variable
     feedback: str
-
-
-@dataclass
-class TraceView:
-    """What one output's trace contributes to the prompt (ready for the template)."""
-
-    lines: list[str] = field(default_factory=list)
-    docs: list[tuple[str, str]] = field(default_factory=list)
-    inputs: list[tuple[str, str, str]] = field(default_factory=list)
-    output: tuple[str, str, str] = ("", "", "")
-    feedback: str = ""
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split()) if limit <= VALUE_CHARS else text
-    if len(text) <= limit:
-        return text
-    keep = max(limit - 30, 10)
-    return f"{text[: keep * 2 // 3]} [... {len(text) - keep} chars elided ...] {text[len(text) - keep // 3:]}"
-
-
-def _op_label(var: Variable) -> str:
-    op = var.grad_fn
-    return op.op_name if op is not None else "?"
-
-
-def _call_line(var: Variable, names: dict[int, str]) -> str:
-    """`out = fn(a=x_1, b='const')` for traced calls, `out = Op(x_1, x_2)` for other ops."""
-    ctx = var.ctx or {}
-    args = ctx.get("args")
-    if args is not None:
-        parts = []
-        for key, val in args:
-            if isinstance(val, Variable):
-                parts.append(f"{key}={names.get(id(val), val.name)}")
-            else:
-                parts.append(f"{key}={_short(repr(val), 40)}")
-        call = f"{_op_label(var)}({', '.join(parts)})"
-    else:
-        call = f"{_op_label(var)}({', '.join(p.name for p in var.parents)})"
-    code = ctx.get("code")
-    if code is not None:
-        call += f"  # runs {code.name}"
-    return f"{var.name} = {call}"
 
 
 class OptoPrime(Optimizer):
@@ -135,122 +78,16 @@ class OptoPrime(Optimizer):
         if not isinstance(feedback, str) or not feedback.strip():
             raise ValueError("feedback must be non-empty text saying how the output fell short (or that it is right)")
         ids = {id(p) for p in self.parameters}
-        if id(output) not in ids and not any(id(v) in ids for v in self._ancestors(output)):
+        if not any(id(v) in ids for v in ancestors(output)):
             raise GraphError(
                 f"output {output.name!r} does not depend on any of the optimizer's parameters "
                 f"({', '.join(p.name for p in self.parameters)}); compute it from them first"
             )
         self._records.append(_Record(output, feedback))
 
-    @staticmethod
-    def _ancestors(output: Variable) -> list[Variable]:
-        """Every ancestor of `output` (and itself), consumers before producers; iterative, so deep chains are fine."""
-        order: list[Variable] = []
-        done: set[int] = set()
-        stack: list[tuple[Variable, bool]] = [(output, False)]
-        while stack:
-            var, expanded = stack.pop()
-            if expanded:
-                order.append(var)
-                continue
-            if id(var) in done:
-                continue
-            done.add(id(var))
-            stack.append((var, True))
-            for p in reversed(var.parents):
-                if id(p) not in done:
-                    stack.append((p, False))
-        order.reverse()
-        return order
-
-    # -- the prompt ---------------------------------------------------------------------------
-    def _view(self, record: _Record) -> TraceView:
-        out = record.output
-        nodes = list(reversed(self._ancestors(out)))  # producers first
-        in_graph = {id(v) for v in nodes}
-        params = {id(p) for p in self.parameters}
-        ops = [v for v in nodes if v.grad_fn is not None]
-        leaves: list[Variable] = []
-        seen: set[int] = set()
-        for v in ops:
-            for p in v.parents:
-                if id(p) not in seen and id(p) not in params and (id(p) not in in_graph or p.grad_fn is None):
-                    seen.add(id(p))
-                    leaves.append(p)
-        view = TraceView(feedback=record.feedback)
-        # code-like lines, each with its value (short; repeats point back)
-        first_seen: dict[str, str] = {}
-        lines: list[str] = []
-        for v in ops:
-            text = v.text
-            if v is out:
-                shown = "(the output, below)"
-            elif text in first_seen:
-                shown = f"[same value as {first_seen[text]}]"
-            else:
-                first_seen[text] = v.name
-                shown = repr(_short(text, VALUE_CHARS))
-            lines.append(f"{_call_line(v, {})}   # -> {shown}")
-        view.lines = self._fit(lines, ops, params)
-        # docs, once per function
-        docs: dict[str, str] = {}
-        for v in ops:
-            label = _op_label(v)
-            if label in docs or len(docs) >= MAX_DOCS:
-                continue
-            fn = getattr(v.grad_fn, "traced", None)
-            if fn is not None:
-                doc = _short(fn.description, DOC_CHARS) if fn.description else "(no docstring)"
-                if fn.code is None:
-                    doc += "\nSource:\n" + _short(fn.source or fn.signature_text, DOC_CHARS)
-                else:
-                    doc += f"\n(its code is the trainable variable {fn.code.name})"
-            else:
-                doc = (type(v.grad_fn).__doc__ or "").strip().split("\n\n")[0] or f"produces {v.role}"
-            docs[label] = doc
-        view.docs = list(docs.items())
-        for leaf in leaves[:MAX_INPUTS]:
-            view.inputs.append((leaf.name, leaf.role, _short(leaf.text, INPUT_CHARS)))
-        if len(leaves) > MAX_INPUTS:
-            view.inputs.append(("...", "", f"[{len(leaves) - MAX_INPUTS} more inputs not shown]"))
-        view.output = (out.name, out.role, _short(out.text, OUTPUT_CHARS))
-        return view
-
-    @staticmethod
-    def _fit(lines: list[str], ops: list[Variable], params: set[int]) -> list[str]:
-        """Lines from both ends (and every call reading a parameter) within TRACE_CHARS; a marker for the gap."""
-        if sum(len(x) + 1 for x in lines) <= TRACE_CHARS:
-            return lines
-        keep: set[int] = {i for i, v in enumerate(ops) if any(id(p) in params for p in v.parents)}
-        keep.add(len(ops) - 1)
-        budget = TRACE_CHARS - sum(len(lines[i]) + 1 for i in keep)
-        lo, hi = 0, len(lines) - 1
-        while lo <= hi and budget > 0:
-            for i in (lo, hi):
-                if i not in keep and len(lines[i]) + 1 <= budget:
-                    keep.add(i)
-                    budget -= len(lines[i]) + 1
-            lo, hi = lo + 1, hi - 1
-        # don't let the parameter readers scattered in a huge graph blow the budget: cap the kept set
-        kept = sorted(keep)
-        total = sum(len(lines[i]) + 1 for i in kept)
-        while total > TRACE_CHARS * 1.5 and len(kept) > 2:
-            drop = kept.pop(len(kept) // 2)
-            total -= len(lines[drop]) + 1
-        out: list[str] = []
-        prev = -1
-        for i in kept:
-            if i > prev + 1:
-                gap = ops[prev + 1 : i]
-                fns = sorted({_op_label(v) for v in gap})
-                out.append(f"# [... {len(gap)} calls elided here ({', '.join(fns[:5])}{', ...' if len(fns) > 5 else ''}) ...]")
-            out.append(lines[i])
-            prev = i
-        return out
-
     def messages(self) -> list[dict[str, str]]:
         """The step request for the recorded feedback (exposed so tests and users can read it)."""
-        views = [self._view(r) for r in self._records]
+        views = [build_view(r.output, r.feedback, self.parameters) for r in self._records]
         past = self.history[-self.memory :] if self.memory else []
         return render_messages(
             "optoprime.j2",
