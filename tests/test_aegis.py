@@ -222,13 +222,72 @@ def test_coevolve_improves_defense_and_writes_outputs(tmp_path) -> None:
     assert r.best_attack in aegis.DEFAULT_ATTACKS
     assert r.stopped_early and r.rounds_run == 2  # round 2: neither side improved
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {"result.json", "history.json", "history.csv", "curves.png"}
+    assert files >= {"result.json", "history.json", "history.csv", "curves.png", "spec.json", "checkpoint.json", "log.jsonl"}
+    assert r.stopped == "early_stop"
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["defense_prompt"] == r.defense_prompt and len(saved["history"]) == len(r.history)
     assert (tmp_path / "run" / "history.csv").read_text().splitlines()[0].startswith("round,side,tpr,tnr,asr,score_gain")
     assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # error report of the final matchup: the attack now fails everywhere, no detector errors remain
     assert all(e["kind"] != "attack_success" for e in r.errors)
+
+
+def test_killed_after_a_round_resumes_to_the_same_result(tmp_path) -> None:
+    from textopt.run import Callback
+
+    class Kill(Callback):
+        def on_step(self, run, row):
+            if row["round"] == 1 and row["side"] == "defense":
+                raise KeyboardInterrupt  # the process dies right after round 1 is on disk
+
+    kw = dict(benign=ESSAYS, rounds=3, iterations=1, pool_size=2, seed=3)
+    s = Script(defense_update="Still lenient, version 2.")
+    with pytest.raises(KeyboardInterrupt):
+        aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, engine=s.engine, out=tmp_path / "a",
+                       callbacks=[Kill()], **kw)
+    saved = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
+    assert saved["round"] == 1 and [h["round"] for h in saved["history"]] == [0, 1, 1]
+    with pytest.raises(FileExistsError, match="resume"):
+        aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, engine=s.engine, out=tmp_path / "a", **kw)
+
+    resumed = aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, engine=Script(defense_update="Still lenient, version 2.").engine,
+                             out=tmp_path / "a", resume=True, **kw)
+    whole = aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, engine=Script(defense_update="Still lenient, version 2.").engine,
+                           out=tmp_path / "b", **kw)
+    keep = ("round", "side", "tpr", "tnr", "asr", "score_gain", "improved", "defense_prompt", "attack_prompt")
+    strip = lambda h: [{k: row[k] for k in keep} for row in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    assert (resumed.defense_prompt, resumed.attack_prompts, resumed.rounds_run, resumed.stopped) == \
+        (whole.defense_prompt, whole.attack_prompts, whole.rounds_run, whole.stopped)
+    assert resumed.tokens["calls"] >= saved["usage"]["calls"]  # usage carries over the interruption
+
+
+def test_budget_stops_between_rounds_with_a_checkpoint(tmp_path) -> None:
+    from textopt.run import Budgets
+
+    s = Script()
+    r = aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, benign=ESSAYS, engine=s.engine, rounds=3,
+                       iterations=1, pool_size=2, out=tmp_path / "r", budgets=Budgets(calls=1))
+    assert r.stopped == "budget_calls" and r.rounds_run == 0 and [h["round"] for h in r.history] == [0]
+    assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["stopped"] == "budget_calls"
+
+
+def test_missing_matplotlib_costs_only_the_plot(tmp_path, monkeypatch, capsys) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def no_mpl(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'", name="matplotlib")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    s = Script()
+    r = aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, benign=ESSAYS, engine=s.engine, rounds=1,
+                       iterations=1, pool_size=2, out=tmp_path / "r")
+    assert r.rounds_run == 1 and (tmp_path / "r" / "result.json").exists() and not (tmp_path / "r" / "curves.png").exists()
+    assert "matplotlib is not installed" in capsys.readouterr().err
 
 
 def test_gradient_buffer_reaches_the_next_gradient_prompt() -> None:
@@ -337,10 +396,14 @@ def test_load_corpus_errors(tmp_path) -> None:
 def test_cli_runs_with_scripted_engine(tmp_path, capsys) -> None:
     from textopt.cli import main
 
-    assert main(["aegis", "--engine", "scripted", "--rounds", "1", "--iterations", "1", "--essays", "4",
+    assert main(["aegis", "--engine", "fake", "--rounds", "1", "--iterations", "1", "--essays", "4",
                  "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "rounds run: 1" in out and (tmp_path / "cli" / "curves.png").exists()
+    assert main(["resume", str(tmp_path / "cli"), "--rounds", "2", "--json"]) == 0  # the aegis recipe rebuilds it
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["event"] == "start" and events[0]["resumed"] is True and events[-1]["event"] == "result"
+    assert json.loads((tmp_path / "cli" / "spec.json").read_text())["args"]["rounds"] == 2
 
 
 def test_import_textopt_does_not_import_aegis() -> None:

@@ -8,8 +8,8 @@ import json
 import pytest
 
 import textopt as to
-from textopt.commands.optimize import scripted_reply
 from textopt.datasets import Example
+from textopt.engines.fake import FakeEngine
 
 DATA = [Example(f"What is {i} + 1?", str(i + 1)) for i in range(12)]
 
@@ -144,7 +144,7 @@ def test_engine_budget_mid_step_rolls_back_to_the_last_completed_step(tmp_path):
     assert h.stopped == "budget_engine"
     saved = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert saved["step"] == len(h.rows) - 1 and saved["parameters"]["prompt"] == prompt.value
-    assert saved["cursor"] == trainer.cursor
+    assert saved["cursor"] == trainer.state.cursor
 
 
 def test_checkpoint_after_every_step_holds_the_whole_state(tmp_path):
@@ -156,12 +156,14 @@ def test_checkpoint_after_every_step_holds_the_whole_state(tmp_path):
         if event["event"] == "step":
             seen.append(json.loads((tmp_path / "run" / "checkpoint.json").read_text()))
 
-    to.Trainer(forward, loss, opt, train=DATA[:4], val=DATA[:2], batch_size=2, steps=2, run_dir=tmp_path / "run", log=log).fit()
+    to.Trainer(forward, loss, opt, train=DATA[:4], val=DATA[:2], batch_size=2, steps=2, run_dir=tmp_path / "run",
+               callbacks=[log]).fit()
     assert [s["step"] for s in seen] == [0, 1, 2]
     last = seen[-1]
     assert set(last) >= {"parameters", "optimizer", "history", "rng", "order", "usage", "best_val"}
     assert last["optimizer"]["steps"] == 2 and len(last["history"]["rows"]) == 3
-    assert json.loads((tmp_path / "run" / "spec.json").read_text())["kind"] == "python"
+    spec = json.loads((tmp_path / "run" / "spec.json").read_text())
+    assert spec["kind"] == "trainer" and spec["recipe"] is None and spec["options"]["steps"] == 2
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(FileExistsError, match="resume"):
         to.Trainer(forward, loss, opt, train=DATA[:4], steps=1, run_dir=tmp_path / "run").fit()
@@ -170,16 +172,19 @@ def test_checkpoint_after_every_step_holds_the_whole_state(tmp_path):
 def test_python_run_interrupted_then_resumed_ends_like_an_uninterrupted_run(tmp_path):
     cache = tmp_path / "cache"
 
+    class Flaky(FakeEngine):
+        def __init__(self, fail_after=None, **kw):
+            super().__init__(**kw)
+            self.n, self.fail_after = 0, fail_after
+
+        async def _acomplete(self, request):
+            self.n += 1
+            if self.fail_after is not None and self.n > self.fail_after:
+                raise ConnectionResetError("provider went away")
+            return await super()._acomplete(request)
+
     def build(fail_after=None):
-        calls = {"n": 0}
-
-        def reply(messages):
-            calls["n"] += 1
-            if fail_after is not None and calls["n"] > fail_after:
-                return ConnectionResetError("provider went away")
-            return scripted_reply(messages)
-
-        engine = to.ScriptedEngine(reply, cache=str(cache), retries=0)
+        engine = Flaky(fail_after, cache=str(cache), retries=0)
         prompt = to.Variable("Answer.", role="system prompt", requires_grad=True, name="prompt")
         llm = to.LLM(engine, system_prompt=prompt)
 
@@ -189,7 +194,7 @@ def test_python_run_interrupted_then_resumed_ends_like_an_uninterrupted_run(tmp_
         async def loss(ex, out):
             return await to.TextLoss(f"The answer is {ex.answer}.", engine=engine).acall(out)
 
-        return dict(forward=forward, loss=loss, optimizer=to.TGD([prompt], engine=engine, momentum=2)), engine
+        return dict(forward=forward, loss=loss, optimizer=to.TGD([prompt], engine=engine, memory=2)), engine
 
     kw = dict(train=DATA[:8], val=DATA[8:12], batch_size=2, steps=4, seed=3)
     parts, _ = build(fail_after=40)
@@ -205,7 +210,7 @@ def test_python_run_interrupted_then_resumed_ends_like_an_uninterrupted_run(tmp_
         to.resume(tmp_path / "a", **parts, train=DATA[1:9], val=DATA[8:12])
     parts, engine = build()
     resumed = to.resume(tmp_path / "a", **parts, train=DATA[:8], val=DATA[8:12])
-    assert resumed.step == done
+    assert resumed.global_step == done
     h1 = resumed.fit()
 
     parts, engine2 = build()

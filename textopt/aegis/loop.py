@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .._sync import run_sync
 from ..context import resolve_backward_engine, resolve_engine
 from ..engines.base import Engine
-from ..engines.usage import track_usage
 from ..prompts import render_messages
+from ..run import Budgets, Callback, Run
 from .buffer import GradientBuffer
 from .corpus import Example, split
 from .judge import Judge
@@ -72,6 +73,7 @@ class Result:
     tokens: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    stopped: str = "completed"  # completed | early_stop (neither side improved) | budget_tokens | budget_calls | budget_usd
 
     @property
     def best_attack(self) -> str:
@@ -83,6 +85,7 @@ class Result:
             "initial_defense_prompt": self.initial_defense_prompt, "initial_attack_prompts": self.initial_attack_prompts,
             "rounds_run": self.rounds_run, "stopped_early": self.stopped_early, "errors": self.errors,
             "failures": self.failures, "tokens": self.tokens, "seconds": self.seconds, "config": self.config,
+            "stopped": self.stopped,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -313,6 +316,30 @@ def _check_prompts(attack_prompts: Sequence[str], defense_prompt: str, benign: S
                          "aegis.ESSAYS holds a default set")
 
 
+def _state(run: _Run, history: list[dict[str, Any]], round_no: int, rounds_run: int, stopped: str | None) -> dict[str, Any]:
+    """Everything a resumed co-evolution needs after a completed round (evaluations are re-asked: the
+    disk cache serves them)."""
+    return {
+        "round": round_no, "rounds_run": rounds_run, "stopped": stopped, "history": history, "best": dict(run.best),
+        "pools": {s: [dataclasses.asdict(c) for c in sorted(run.pools[s].members, key=lambda c: c.order)] for s in SIDES},
+        "buffer": run.buffer.to_dict(), "failures": run.failures, "steps": run._steps,
+    }
+
+
+def _restore(run: _Run, state: Mapping[str, Any]) -> None:
+    run.best = {s: str(state["best"][s]) for s in SIDES}
+    for side in SIDES:
+        pool = Pool(run.pools[side].k)
+        for c in state["pools"][side]:  # re-added in birth order: same tie-breaks as the original pool
+            pool.add(Candidate(**{k: c[k] for k in ("prompt", "train_score", "val_score", "metrics", "born")}))
+        run.pools[side] = pool
+    for route, items in state["buffer"].items():
+        for g in items:
+            run.buffer.add(route, g)
+    run.failures = list(state["failures"])
+    run._steps = int(state["steps"])
+
+
 async def acoevolve(
     attack_prompts: Sequence[str],
     defense_prompt: str,
@@ -324,7 +351,7 @@ async def acoevolve(
     iterations: int = 8,
     pool_size: int = 4,
     seed: int = 0,
-    out: str | None = None,
+    out: str | Path | None = None,
     scenario: Scenario | None = None,
     examples: Sequence[Example] = (),
     val_fraction: float = 0.5,
@@ -334,6 +361,10 @@ async def acoevolve(
     report_cases: int = 4,
     max_chars: Mapping[str, int] | None = None,
     gradient_tokens: int = 300,
+    resume: bool = False,
+    budgets: Budgets | None = None,
+    callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
+    spec: Mapping[str, Any] | None = None,
 ) -> Result:
     """Async co-evolution (see `coevolve`)."""
     _check_prompts(attack_prompts, defense_prompt, benign)
@@ -350,57 +381,83 @@ async def acoevolve(
     opt_eng = resolve_backward_engine(optimizer_engine, eng)
     scen = scenario or EssayGrading()
     items = [b for b in benign if b.strip()]
+    mc = dict({"attack": 800, "defense": 3000}, **(max_chars or {}))
     run = _Run(engine=eng, opt_engine=opt_eng, scenario=scen, items=items, examples=list(examples), seed=seed,
                val_fraction=val_fraction, pool_size=pool_size, buffer_size=buffer_size, weights=w, powers=p,
-               report_cases=report_cases, max_chars=dict({"attack": 800, "defense": 3000}, **(max_chars or {})),
-               iterations=iterations, gradient_tokens=gradient_tokens)
+               report_cases=report_cases, max_chars=mc, iterations=iterations, gradient_tokens=gradient_tokens)
+    config = {"rounds": rounds, "iterations": iterations, "pool_size": pool_size, "seed": seed,
+              "val_fraction": val_fraction, "buffer_size": buffer_size, "report_cases": report_cases, "weights": w, "powers": p,
+              "scenario": scen.to_dict(), "engine": repr(eng), "optimizer_engine": repr(opt_eng),
+              "train_items": len(run.items["train"]), "val_items": len(run.items["val"]),
+              "train_examples": len(run.examples["train"]), "val_examples": len(run.examples["val"])}
+    rec = Run(out, kind="aegis", spec=spec if spec is not None else {"recipe": None, "config": config},
+              budgets=budgets, callbacks=callbacks, resume=resume)
     start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    stopped_early = False
-    rounds_run = 0
-    with track_usage() as total:
-        # Round 0: the initial attacks against the initial defense; the attacker's best is picked on validation.
-        t0, u0 = time.perf_counter(), total.total_tokens
-        run.best["defense"] = defense_prompt
-        initial = [Candidate(a, born="initial") for a in dict.fromkeys(attack_prompts)]
-        await asyncio.gather(*(run.score("attack", c, "train") for c in initial))
-        for c in initial:  # the pool keeps the k best on train
-            run.pools["attack"].add(c)
-        await asyncio.gather(*(run.score("attack", c, "val") for c in run.pools["attack"].members))
-        run.best["attack"] = run.pools["attack"].best_on_validation().prompt
-        dcand = Candidate(defense_prompt, born="initial")
-        await run.score("defense", dcand, "train")
-        run.pools["defense"].add(dcand)
-        history.append(await run.row(0, "initial", None, total.total_tokens - u0, time.perf_counter() - t0))
-        for r in range(1, rounds + 1):
+    with rec:
+        state = rec.load_checkpoint() if resume else None
+        if state is not None:
+            _restore(run, state)
+            history, done, rounds_run, stopped = list(state["history"]), int(state["round"]), int(state["rounds_run"]), state["stopped"]
+        else:
+            history, done, rounds_run, stopped = [], -1, 0, None
+        rec.start(step=max(done, 0), total_steps=rounds, resumed=state is not None, run_dir=str(out) if out else None)
+        if done < 0:
+            # Round 0: the initial attacks against the initial defense; the attacker's best is picked on validation.
+            t0 = time.perf_counter()
+            with rec.track() as used:
+                run.best["defense"] = defense_prompt
+                initial = [Candidate(a, born="initial") for a in dict.fromkeys(attack_prompts)]
+                await asyncio.gather(*(run.score("attack", c, "train") for c in initial))
+                for c in initial:  # the pool keeps the k best on train
+                    run.pools["attack"].add(c)
+                await asyncio.gather(*(run.score("attack", c, "val") for c in run.pools["attack"].members))
+                run.best["attack"] = run.pools["attack"].best_on_validation().prompt
+                dcand = Candidate(defense_prompt, born="initial")
+                await run.score("defense", dcand, "train")
+                run.pools["defense"].add(dcand)
+                history.append(await run.row(0, "initial", None, 0, 0.0))
+            history[-1].update(Run.usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
+            done = 0
+            rec.save_checkpoint(_state(run, history, 0, 0, None))
+            rec.step(history[-1])
+        for r in range(done + 1, rounds + 1):
+            if stopped:
+                break
+            stopped = rec.stop_reason(step=r - 1, total_steps=None)
+            if stopped:
+                break
             improved = []
             for side in SIDES:
-                t0, u0 = time.perf_counter(), total.total_tokens
-                imp = await run.phase(side, r)
-                improved.append(imp)
-                history.append(await run.row(r, side, imp, total.total_tokens - u0, time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                with rec.track() as used:
+                    imp = await run.phase(side, r)
+                    improved.append(imp)
+                    history.append(await run.row(r, side, imp, 0, 0.0))
+                history[-1].update(Run.usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
+                rec.check_failures(run.failures)  # a 401/403 on the optimizer engine ends the run
             rounds_run = r
             if not any(improved):
-                stopped_early = r < rounds
-                break
-        errors = await run.error_report()
-        apool = run.pools["attack"]
-        await asyncio.gather(*(run.score("attack", c, "val") for c in apool.members))
-    ranked = sorted(apool.members, key=lambda c: (-(c.val_score or 0.0), -c.train_score, c.order))
-    attacks = [run.best["attack"]] + [c.prompt for c in ranked if c.prompt != run.best["attack"]]
-    result = Result(
-        defense_prompt=run.best["defense"], attack_prompts=attacks, history=history,
-        initial_defense_prompt=defense_prompt, initial_attack_prompts=list(attack_prompts), rounds_run=rounds_run,
-        stopped_early=stopped_early, errors=errors, failures=run.failures, tokens=total.to_dict(),
-        seconds=round(time.perf_counter() - start, 2),
-        config={"rounds": rounds, "iterations": iterations, "pool_size": pool_size, "seed": seed,
-                "val_fraction": val_fraction, "buffer_size": buffer_size, "report_cases": report_cases, "weights": w, "powers": p,
-                "scenario": scen.to_dict(), "engine": repr(eng), "optimizer_engine": repr(opt_eng),
-                "train_items": len(run.items["train"]), "val_items": len(run.items["val"]),
-                "train_examples": len(run.examples["train"]), "val_examples": len(run.examples["val"])},
-    )
-    if out:
-        write_outputs(result, out)
+                stopped = "early_stop" if r < rounds else "completed"
+            rec.save_checkpoint(_state(run, history, r, rounds_run, stopped))
+            for row in history[-len(SIDES):]:
+                rec.step(row)
+        stopped = stopped or "completed"
+        with rec.track():
+            errors = await run.error_report()
+            apool = run.pools["attack"]
+            await asyncio.gather(*(run.score("attack", c, "val") for c in apool.members))
+        ranked = sorted(apool.members, key=lambda c: (-(c.val_score or 0.0), -c.train_score, c.order))
+        attacks = [run.best["attack"]] + [c.prompt for c in ranked if c.prompt != run.best["attack"]]
+        result = Result(
+            defense_prompt=run.best["defense"], attack_prompts=attacks, history=history,
+            initial_defense_prompt=defense_prompt, initial_attack_prompts=list(attack_prompts), rounds_run=rounds_run,
+            stopped_early=stopped == "early_stop", errors=errors, failures=run.failures, tokens=dict(rec.totals),
+            seconds=round(time.perf_counter() - start, 2), config=config, stopped=stopped,
+        )
+        rec.save_checkpoint(_state(run, history, rounds_run, rounds_run, stopped))
+        if out:
+            write_outputs(result, rec)
+        rec.end(stopped=stopped, rounds_run=rounds_run, usage=dict(rec.totals))
     return result
 
 
@@ -415,7 +472,7 @@ def coevolve(
     iterations: int = 8,
     pool_size: int = 4,
     seed: int = 0,
-    out: str | None = None,
+    out: str | Path | None = None,
     **options: Any,
 ) -> Result:
     """Co-evolve attack prompts (injection texts) and a defense prompt (detector instructions).
@@ -423,8 +480,11 @@ def coevolve(
     benign: clean items of the scenario (essays by default), split into train and validation.
     engine runs the detector and the grader; optimizer_engine writes gradients and updates (default: engine).
     options: scenario, examples (extra labeled texts for the defender, e.g. a corpus train split),
-    val_fraction, buffer_size, weights, powers, report_cases, max_chars, gradient_tokens. out: folder for result.json,
-    history.json, history.csv and curves.png.
+    val_fraction, buffer_size, weights, powers, report_cases, max_chars, gradient_tokens.
+    out: the run directory (locked while running; a checkpoint after every round; result.json, history.json,
+    history.csv, curves.png at the end). resume=True continues the run in `out` after its last completed
+    round (pass the same arguments). budgets=textopt.run.Budgets(tokens=..., calls=..., usd=...) stops
+    cleanly between rounds; callbacks get every round's rows (textopt.run.Callback or a function).
     """
     return run_sync(acoevolve(attack_prompts, defense_prompt, benign=benign, engine=engine,
                               optimizer_engine=optimizer_engine, rounds=rounds, iterations=iterations,
@@ -465,17 +525,15 @@ def history_csv(history: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Curves of TPR, TNR, ASR and score gain per step (matplotlib, imported here: it is a dev extra)."""
-    try:
-        import matplotlib
+    """Curves of TPR, TNR, ASR and score gain per step (needs matplotlib: a missing one raises ImportError)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("plotting needs matplotlib: pip install 'textopt[dev]' (or matplotlib)") from exc
     xs = list(range(len(history)))
     labels = [f"{h['round']}:{h['side'][0]}" for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for key, style in (("tpr", "-o"), ("tnr", "-s"), ("asr", "--^"), ("score_gain", "--v")):
         ax.plot(xs, [h[key] for h in history], style, label=key)
     ax.set_xticks(xs, labels, rotation=45 if len(xs) > 10 else 0)
@@ -485,15 +543,15 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path) -> None
     ax.set_title("AEGIS co-evolution")
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
-    plt.close(fig)
 
 
-def write_outputs(result: Result, out: str | Path) -> Path:
-    """result.json, history.json, history.csv and curves.png in folder `out` (created)."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(result.to_json(), encoding="utf-8")
-    (folder / "history.json").write_text(json.dumps(result.history, indent=2, ensure_ascii=False), encoding="utf-8")
-    (folder / "history.csv").write_text(history_csv(result.history), encoding="utf-8")
-    plot_history(result.history, folder / "curves.png")
-    return folder
+def write_outputs(result: Result, out: str | Path | Run) -> Path:
+    """result.json, history.json, history.csv and (best effort: matplotlib) curves.png in the run directory."""
+    run = out if isinstance(out, Run) else Run(out, kind="aegis")
+    assert run.dir is not None
+    run.dir.mkdir(parents=True, exist_ok=True)
+    run.write_json("result.json", result.to_dict())
+    run.write_json("history.json", result.history)
+    run.write_text("history.csv", history_csv(result.history))
+    run.plot(lambda path: plot_history(result.history, path), "curves.png")
+    return run.dir

