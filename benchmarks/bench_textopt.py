@@ -93,7 +93,7 @@ async def prompt_size(cfg: dict[str, Any]) -> dict[str, Any]:
     for _ in range(cfg["nodes"]):
         v = rotate(v)
     opt = to.OptoPrime([x], engine=eng)
-    opt.zero_feedback()
+    opt.zero_grad()
     opt.backward(v, "The final text should start with 'The'.")  # records only; OptoPrime's backward makes no call
     before = len(eng.history)
     await opt.astep()

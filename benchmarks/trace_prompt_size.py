@@ -29,7 +29,7 @@ def measure(nodes: int, text: str) -> int:
         v = rotate(v)
     engine = to.ScriptedEngine(json.dumps({"reasoning": "r", "suggestion": {"text": "The " + text}}))
     opt = to.OptoPrime([x], engine=engine)
-    opt.zero_feedback()
+    opt.zero_grad()
     opt.backward(v, "The final text should start with 'The'.")
     opt.step()
     assert len(engine.calls) == 1

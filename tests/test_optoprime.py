@@ -41,7 +41,7 @@ def test_backward_makes_no_call_and_step_makes_one_for_all_parameters():
     out = combine(a, b)
     engine = to.ScriptedEngine(reply(greeting="Hi", who="there"))
     opt = to.OptoPrime([a, b], engine=engine)
-    opt.zero_feedback()
+    opt.zero_grad()
     opt.backward(out, "should be 'Hi, there'")
     assert engine.calls == []
     opt.step()
@@ -79,13 +79,13 @@ def test_prompt_shows_trace_docs_inputs_trainables_in_full_constraints_and_memor
     assert "entropy" in user and "What is entropy?" in user  # input and intermediate
     assert "stay under 50 words" in user and "too vague" in user
     assert "Earlier steps" not in user
-    opt.zero_feedback()
+    opt.zero_grad()
     out2 = answer(p, make_question(topic))
     opt.backward(out2, "still vague")
     opt.step()
     second = engine.calls[1][-1]["content"]
     assert "Earlier steps" in second and "too vague" in second and "still vague" in second
-    assert p.value == "v3" and len(opt.history) == 1
+    assert p.value == "v3" and len(opt.past) == 1
 
 
 @pytest.mark.parametrize("n, limit", [(100, 10_000), (2_000, 20_000)])
@@ -138,13 +138,13 @@ def test_code_parameter_is_replaced_when_valid_and_rejected_with_reason_otherwis
     opt.step()
     assert "no idea" in strategy.code.value  # rejected: old code kept
     assert opt.failures and "signature" in opt.failures[-1].error
-    assert opt.notes and "rejected" in opt.notes[0]
-    opt.zero_feedback()
+    assert opt.notes() and "rejected" in opt.notes()[0]
+    opt.zero_grad()
     out = strategy("2+3")
     opt.backward(out, "expected 5")
     opt.step()
     assert "rejected" in engine.calls[1][-1]["content"] and "signature" in engine.calls[1][-1]["content"]
-    assert strategy("2+3").value == "5" and opt.notes == []
+    assert strategy("2+3").value == "5" and opt.notes() == []
     assert "must stay valid Python" in engine.calls[0][0]["content"]
 
 
@@ -216,7 +216,7 @@ def test_state_dict_round_trip():
     state = json.loads(json.dumps(opt.state_dict()))
     fresh = to.OptoPrime([p], memory=2)
     fresh.load_state_dict(state)
-    assert fresh.steps == 1 and fresh.history[0].feedback == "bad"
+    assert fresh.steps == 1 and fresh.past[0].feedback == {"instruction": "bad"}
 
 
 @pytest.mark.local

@@ -83,11 +83,11 @@ def test_provider_outage_keeps_value_and_is_recorded():
     assert "provider looks unavailable" in opt.failures[0].error
 
 
-def test_constraints_momentum_and_examples_reach_the_prompt():
+def test_constraints_memory_and_examples_reach_the_prompt():
     p = param()
     replies = iter(['{"reasoning": "", "new_value": "v2"}', '{"reasoning": "", "new_value": "v3"}'])
     eng = to.ScriptedEngine(lambda m: next(replies))
-    opt = to.TGD([p], engine=eng, constraints=["End with 'Answer:'."], momentum=2, examples=["Think, then answer."])
+    opt = to.TGD([p], engine=eng, constraints=["End with 'Answer:'."], memory=2, examples=["Think, then answer."])
     opt.step()
     first = eng.calls[0][-1]["content"]
     assert "<constraint>\nEnd with 'Answer:'.\n</constraint>" in first
@@ -101,7 +101,7 @@ def test_constraints_momentum_and_examples_reach_the_prompt():
     assert "<past>\nAnswer the question.\n</past>" in second and "be more precise" in second
     assert p.value == "v3"
     state = json.loads(json.dumps(opt.state_dict()))
-    assert state["past"]["sys"][-1]["value"] == "v2"
+    assert state["past"][-1]["values"]["sys"] == "v2"
 
 
 def test_parameters_without_feedback_are_left_alone():

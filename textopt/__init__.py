@@ -15,7 +15,7 @@ from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .loss import TextLoss
 from .ops import LLM, LLMCall, sum
-from .optim import TGD, OptoPrime, Optimizer, UpdateFailure
+from .optim import TGD, OptoPrime, Optimizer, Proposal, StepReport, UpdateFailure
 from .trace import TraceError, trace
 from .variable import Gradient, Variable
 
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLM", "LLMCall", "OptoPrime", "TGD", "TraceError", "BudgetExceeded", "Completion", "Engine", "EngineError", "Feedback",
-    "Function", "Gradient", "GraphError", "OpContext", "OpDescription", "OpError", "Optimizer", "ParseError", "ScriptedEngine", "TextLoss",
+    "Function", "Gradient", "GraphError", "OpContext", "OpDescription", "OpError", "Optimizer", "ParseError", "Proposal", "StepReport", "ScriptedEngine", "TextLoss",
     "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
     "trace", "graph", "track_usage", "using",
     "Trainer", "History", "resume", "save", "load", "datasets", "aegis",  # lazy (see _LAZY)

@@ -17,6 +17,7 @@ RESERVED_TAGS = (
     "variable", "value", "feedback", "input", "output", "system_prompt", "instruction", "example",
     "constraint", "past", "objective", "context", "code", "trace", "gradient", "data", "new_value",
     "reasoning", "item", "text", "error", "report", "history", "document", "attack", "essay", "prompt",
+    "rejected",
 )
 _TAGS = "|".join(RESERVED_TAGS)
 _TAG_RE = re.compile(r"<(?=/?\s*(?:" + _TAGS + r")\b)", re.IGNORECASE)

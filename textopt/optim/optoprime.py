@@ -1,35 +1,25 @@
 """OptoPrime: one LLM call per step updates all parameters together, from the whole execution trace.
 
 `backward(output, feedback)` only records what to send (no LLM call). `step()` renders the trace of
-every recorded output (a code-like line per call, the functions' docs, the trainable values in full,
-inputs, intermediate values, outputs, constraints, feedback, and `memory=k` past steps) into one
-prompt and asks for `{"reasoning": ..., "suggestion": {name: new value}}`.
-
-Prompts stay bounded as graphs grow: calls are listed from both ends of the trace (and every call
-that reads a trainable variable) until TRACE_CHARS is used; the middle is replaced by a marker that
-counts what was left out. Intermediate values are cut to VALUE_CHARS and repeats point to their
-first occurrence. Trainable values are never cut.
+every recorded output (see trace_view: a code-like line per call, what each op does, the trainable
+values in full, inputs, intermediate values, outputs), the feedback, constraints and `memory=k` past
+steps into one prompt and asks for `{"suggestion": {name: new value}, "reasoning": ...}`. The base
+(Optimizer) checks and applies the suggestion.
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
-from ..context import resolve_backward_engine
 from ..engines.base import Engine
-from ..errors import EngineError, GraphError, ParseError, UpdateError
-from ..prompts import render_messages
+from ..errors import GraphError, ParseError
+from ..prompts import render_messages, unescape_tags
 from ..variable import Variable
-from .base import Optimizer, UpdateFailure
+from .base import Optimizer, Proposal
 from .parse import _objects, loads, parse_reply
 from .trace_view import ancestors, build_view
-
-@dataclass
-class Past:
-    values: dict[str, str]
-    feedback: str
 
 
 @dataclass
@@ -40,9 +30,11 @@ class _Record:
 
 class OptoPrime(Optimizer):
     """Trace-style optimizer. memory=k shows the last k (parameter values, feedback) pairs; constraints are
-    rules every new value must keep; other keyword options (max_tokens=...) go to the engine with the step call.
-    Code parameters (from `@trace(trainable=True)`) are checked before they
-    replace the old code; a rejected suggestion is recorded in `.failures` and told to the LLM next step."""
+    rules every new value must keep; other keyword options (max_tokens=...) go to the engine with the step
+    call. Code parameters (from `@trace(trainable=True)`) are checked before they replace the old code; a
+    rejected suggestion is recorded in `.failures` and told to the LLM next step."""
+
+    placeholders: ClassVar[frozenset[str]] = frozenset({"<new value>"})
 
     def __init__(
         self,
@@ -52,30 +44,25 @@ class OptoPrime(Optimizer):
         memory: int = 0,
         constraints: Sequence[str] = (),
         strict: bool = False,
+        temperatures: Sequence[float | None] = (None, 0.7),
+        max_value_chars: int = 20_000,
         **options: Any,
     ) -> None:
-        super().__init__(parameters, engine=engine, strict=strict)
+        super().__init__(parameters, engine=engine, strict=strict, memory=memory, temperatures=temperatures,
+                         max_value_chars=max_value_chars)
         self.options = options  # passed to the engine on the step call, e.g. max_tokens=
-        if memory < 0:
-            raise ValueError(f"memory must be >= 0, got {memory}")
-        self.memory = memory
         self.constraints = list(constraints)
-        self.history: list[Past] = []
-        self.notes: list[str] = []  # rejections from the last step, shown in the next prompt
         self._records: list[_Record] = []
 
     # -- feedback -----------------------------------------------------------------------------
-    def zero_feedback(self) -> None:
-        """Forget the outputs and feedback recorded by `backward`."""
-        self._records.clear()
-
-    zero_grad = zero_feedback
-
-    def backward(self, output: Variable, feedback: str) -> None:
-        """Record feedback on `output` for the next step. No LLM call is made."""
+    async def abackward(self, output: Variable, feedback: str | None = None, *, engine: Engine | str | None = None) -> None:
+        """Record `output` and its feedback for the next step (None: the output is the objective, e.g. a
+        loss, and its text is the feedback). No LLM call is made."""
         if not isinstance(output, Variable):
             raise TypeError(f"backward takes the output Variable, got {type(output).__name__}")
-        if not isinstance(feedback, str) or not feedback.strip():
+        if feedback is None:
+            feedback = output.text
+        elif not isinstance(feedback, str) or not feedback.strip():
             raise ValueError("feedback must be non-empty text saying how the output fell short (or that it is right)")
         ids = {id(p) for p in self.parameters}
         if not any(id(v) in ids for v in ancestors(output)):
@@ -85,22 +72,31 @@ class OptoPrime(Optimizer):
             )
         self._records.append(_Record(output, feedback))
 
-    def messages(self) -> list[dict[str, str]]:
-        """The step request for the recorded feedback (exposed so tests and users can read it)."""
+    def zero_grad(self) -> None:
+        """Forget the outputs and feedback recorded by `backward` (and any gradients on the parameters)."""
+        super().zero_grad()
+        self._records.clear()
+
+    # -- the prompt ---------------------------------------------------------------------------
+    def messages(self, params: Sequence[Variable] | None = None, rejected: Mapping[str, list[str]] | None = None) -> list[dict[str, str]]:
+        """The step request for the recorded feedback, asking for `params` (default all); exposed for reading."""
+        asked = list(params) if params is not None else self.parameters
         views = [build_view(r.output, r.feedback, self.parameters) for r in self._records]
-        past = self.history[-self.memory :] if self.memory else []
+        past = [{"values": s.values, "feedback": next(iter(s.feedback.values()), "")} for s in self.past[-self.memory:]] if self.memory else []
         return render_messages(
             "optoprime.j2",
             parameters=self.parameters,
+            asked=asked,
             views=views,
             constraints=self.constraints,
             past=past,
-            notes=self.notes,
-            code_names=[p.name for p in self.parameters if hasattr(p, "check")],
+            notes=self.notes(),
+            rejected=dict(rejected or {}),
+            code_names=[p.name for p in asked if hasattr(p, "check")],
         )
 
-    def schema(self) -> dict[str, Any]:
-        names = [p.name for p in self.parameters]
+    def schema(self, params: Sequence[Variable] | None = None) -> dict[str, Any]:
+        names = [p.name for p in (params if params is not None else self.parameters)]
         return {
             "type": "object",
             # suggestion first: a reply cut off at max_tokens (a small model looping in its reasoning) still
@@ -118,63 +114,34 @@ class OptoPrime(Optimizer):
             "additionalProperties": False,
         }
 
-    # -- the step -----------------------------------------------------------------------------
-    async def astep(self) -> None:
-        """One LLM call proposes new values for all parameters; usable ones replace the old values."""
+    # -- proposing ----------------------------------------------------------------------------
+    async def propose(self, params: list[Variable], *, temperature: float | None,
+                      rejected: dict[str, list[str]]) -> Mapping[Variable | str, Proposal]:
+        """One call proposes values for `params` from the recorded traces. A value repeated unchanged while
+        another one changes means "leave it" and is dropped; names the model made up are passed on as text
+        (the base records them as failures)."""
         if not self._records:
-            return
-        engine = resolve_backward_engine(self.engine)
-        self.steps += 1
-        messages = self.messages()
+            return {}
+        shape = '{"suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in params) + '}, "reasoning": "..."}'
+        obj, reply = await self.ask_json(
+            self.messages(params, rejected), self.schema(params), ["suggestion"], engine=self.resolve_engine(),
+            temperature=temperature, shape=shape, parse=self._suggestion, **self.options,
+        )
+        reasoning = str(obj.get("reasoning") or "")
         feedback = "\n".join(r.feedback for r in self._records)
-        try:
-            suggestion, reply = await self._ask(messages, engine)
-        except (ParseError, EngineError) as exc:
-            self.failures.append(UpdateFailure(self.steps, "*", str(exc), getattr(exc, "reply", "")))
-            if self.strict:
-                raise UpdateError(f"OptoPrime step {self.steps} failed: {exc}") from exc
-            return
-        before = {p.name: p.text for p in self.parameters}
-        self.notes = []
         by_name = {p.name: p for p in self.parameters}
-        problems: list[str] = []
-        for key, value in suggestion.items():
+        out: dict[Variable | str, Proposal] = {}
+        for key, value in obj["suggestion"].items():
             param = by_name.get(key) or by_name.get(str(key).strip().strip("<>`'\""))
-            if param is None:
-                problems.append(f"the suggestion names {key!r}, which is not a trainable variable")
-                continue
-            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            if not text.strip() or text == param.text:
-                continue
-            try:
-                param.set_value(text)
-            except (ValueError, TypeError) as exc:
-                reason = str(exc)
-                self.failures.append(UpdateFailure(self.steps, param.name, reason, reply))
-                self.notes.append(f"Your last suggestion for {param.name} was rejected: {reason}. The old value was kept.")
-                problems.append(reason)
-        if problems and self.strict:
-            raise UpdateError(f"OptoPrime step {self.steps}: " + "; ".join(problems))
-        if self.memory:
-            self.history.append(Past(values=before, feedback=feedback))
-            del self.history[: -self.memory]
-
-    async def _ask(self, messages: list[dict[str, str]], engine: Engine) -> tuple[dict[str, Any], str]:
-        schema = self.schema()
-        reply = await engine.acomplete(messages, json_schema=schema, **self.options)
-        try:
-            return self._suggestion(reply.text), reply.text
-        except ParseError as first:
-            shape = '{"suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in self.parameters) + '}, "reasoning": "..."}'
-            repair = render_messages("repair.j2", error=str(first), shape=shape)
-            retry = messages + [{"role": "assistant", "content": reply.text}] + repair
-            second = await engine.acomplete(retry, json_schema=schema, **self.options)
-            try:
-                return self._suggestion(second.text), second.text
-            except ParseError as exc:
-                raise ParseError(f"{exc} (after one repair request; first error: {first})", second.text) from exc
+            if value is not None and not isinstance(value, str):
+                value = json.dumps(value, ensure_ascii=False)
+            out[param if param is not None else str(key)] = Proposal(value, reasoning, feedback, reply)
+        if any(isinstance(k, Variable) and isinstance(p.value, str) and unescape_tags(p.value) != k.text for k, p in out.items()):
+            out = {k: p for k, p in out.items() if not (isinstance(k, Variable) and p.value is not None and unescape_tags(p.value) == k.text)}
+        return out
 
     def _suggestion(self, text: str) -> dict[str, Any]:
+        """The reply as {"suggestion": {...}, "reasoning": ...}; recovers the suggestion of a reply cut short."""
         try:
             obj = parse_reply(text, ["suggestion"])
         except ParseError:
@@ -203,16 +170,4 @@ class OptoPrime(Optimizer):
             raise ParseError("'suggestion' must be an object mapping variable names to new values", text)
         if not sug:
             raise ParseError("'suggestion' is empty; give a new value for at least one variable", text)
-        return sug
-
-    # -- checkpoints --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["history"] = [p.__dict__ for p in self.history]
-        state["notes"] = list(self.notes)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.history = [Past(**p) for p in state.get("history", [])]
-        self.notes = list(state.get("notes", []))
+        return {"suggestion": sug, "reasoning": obj.get("reasoning", "")}
