@@ -1,0 +1,300 @@
+"""Evaluation as a result: one row per example (output, score, feedback, error), a mean with a seeded
+bootstrap interval, and a JSONL file you can read back.
+
+`evaluate(forward, examples, metric)` runs `forward(example)` for every example, at most `concurrency`
+at a time (sync forwards and metrics run on worker threads, so a sync pipeline is concurrent too), and
+scores each output with `metric(example, output)`. A metric may return a number, a bool, None (not
+scored) or `Score(value, feedback="why")`: that sentence is what an optimizer's reflection reads
+(Search hands it to the proposer). A forward that raises becomes a row with `.error` and score 0, so
+one bad example never loses the other results; a metric that raises is a bug in the scoring code and
+is raised, naming the example.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+from .errors import BudgetExceeded
+from .variable import Variable
+
+#: Examples in flight when `concurrency` is None.
+DEFAULT_CONCURRENCY = 8
+#: Bootstrap resamples for `ci95` (fewer for very large reports: at most ~1M draws in total).
+BOOTSTRAP = 1000
+
+Forward = Callable[[Any], "Variable | str | Awaitable[Variable | str]"]
+Metric = Callable[[Any, Variable], Any]
+
+
+@dataclass
+class Score:
+    """A metric's score with the reason for it: `feedback` is what the optimizer's reflection reads."""
+
+    value: float
+    feedback: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool):
+            self.value = float(self.value)
+        if not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ValueError(f"Score.value must be a finite number, got {self.value!r}")
+        self.value = float(self.value)
+        self.feedback = "" if self.feedback is None else str(self.feedback)
+
+
+@dataclass
+class EvalRow:
+    """One example's result. `score` is 0.0 for a forward that raised (then `error` says what happened)
+    and None when the metric did not score the example."""
+
+    example: Any
+    output: str
+    score: float | None
+    feedback: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"example": self.example, "output": self.output, "score": self.score, "feedback": self.feedback,
+                "error": self.error}
+
+
+@dataclass
+class EvalReport:
+    """Rows in the order of the examples; `mean` over scored rows (errors count as 0), `ci95` a seeded
+    percentile-bootstrap interval (low, high) of that mean (None without scores)."""
+
+    rows: list[EvalRow]
+    seed: int = 0
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def scores(self) -> list[float]:
+        return [r.score for r in self.rows if r.score is not None]
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def errors(self) -> int:
+        """Rows whose forward raised."""
+        return sum(1 for r in self.rows if r.error is not None)
+
+    @property
+    def mean(self) -> float | None:
+        scores = self.scores
+        return math.fsum(scores) / len(scores) if scores else None
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        key = (self.seed, tuple(self.scores))
+        if self._cache.get("ci_key") != key:
+            self._cache["ci_key"], self._cache["ci"] = key, bootstrap_ci(self.scores, seed=self.seed)
+        return self._cache["ci"]
+
+    def worst(self, k: int = 5) -> list[EvalRow]:
+        """The k lowest-scored rows (errors score 0; unscored rows last; ties keep example order)."""
+        order = sorted(self.rows, key=lambda r: (r.score is None, r.score if r.score is not None else 0.0))
+        return order[: max(k, 0)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write one JSON object per row (example, output, score, feedback, error) atomically."""
+        from .checkpoint import atomic_write_text
+
+        lines = [json.dumps({"index": i, **row.to_dict()}, ensure_ascii=False, default=_jsonable) for i, row in enumerate(self.rows)]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, seed: int = 0) -> "EvalReport":
+        """Read a file written by `save` (examples come back as plain JSON: a dataclass becomes a dict)."""
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno} is not JSON ({exc.msg}); is it an evaluation report?") from exc
+                rows.append(EvalRow(d.get("example"), d.get("output", ""), d.get("score"), d.get("feedback", ""), d.get("error")))
+        return cls(rows, seed=seed)
+
+    def summary(self) -> str:
+        if self.mean is None:
+            return f"{self.n} examples, none scored ({self.errors} errors)"
+        low, high = self.ci95 or (self.mean, self.mean)
+        unscored = self.n - len(self.scores)
+        extra = f", {unscored} unscored" if unscored else ""
+        return f"mean {self.mean:.3f} (95% CI {low:.3f}-{high:.3f}) on {self.n} examples ({self.errors} errors{extra})"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def bootstrap_ci(scores: Sequence[float], *, seed: int = 0, level: float = 0.95, resamples: int | None = None) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean, from a seeded RNG (same scores, same interval).
+    The interval always contains the sample mean."""
+    n = len(scores)
+    if n == 0:
+        return None
+    mean = math.fsum(scores) / n
+    if n == 1 or min(scores) == max(scores):
+        return (mean, mean)
+    b = resamples or max(200, min(BOOTSTRAP, 1_000_000 // n))
+    rng = random.Random(seed)
+    values = list(scores)
+    means = sorted(math.fsum(rng.choices(values, k=n)) / n for _ in range(b))
+    alpha = (1.0 - level) / 2
+    low = means[max(0, math.floor(alpha * b))]
+    high = means[min(b - 1, math.ceil((1 - alpha) * b) - 1)]
+    return (min(low, mean), max(high, mean))
+
+
+def default_metric(example: Any, output: Variable) -> float | None:
+    """Exact match against `example.answer` (or example["answer"]); None when the example has no answer."""
+    from .datasets import exact_match
+
+    answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
+    if answer is None:
+        return None
+    return float(exact_match(output.text, str(answer)))
+
+
+def as_score(value: Any) -> tuple[float | None, str]:
+    """A metric's return value as (score, feedback)."""
+    if isinstance(value, Score):
+        return value.value, value.feedback
+    if value is None:
+        return None, ""
+    if isinstance(value, bool):
+        return float(value), ""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value), ""
+    raise TypeError(f"a metric must return a number, a bool, None or to.Score(value, feedback=...), got {value!r}")
+
+
+@dataclass
+class Scored:
+    """A row plus what produced it: the output Variable (or a failed trace's error node) for feedback."""
+
+    row: EvalRow
+    node: Variable | None = None
+
+
+class _Caller:
+    """Calls user functions that may be sync or async; sync ones go to a pool of `workers` threads
+    (with the caller's contextvars, so usage tracking and `to.using` follow them)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: Any = None
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if _is_async(fn):
+            result = await fn(*args)
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="textopt-eval")
+            ctx = contextvars.copy_context()
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn, *args))
+        while inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+def _is_async(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+async def score_examples(
+    forward: Forward, examples: Sequence[Any], metric: Metric | None = None, *, concurrency: int | None = None,
+) -> list[Scored]:
+    """The rows of an evaluation, each with its output node (what Search feeds back to the proposer)."""
+    from .trace import TraceError
+
+    limit = DEFAULT_CONCURRENCY if concurrency is None else concurrency
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"concurrency must be an integer >= 1 or None, got {concurrency!r}")
+    metric = metric or default_metric
+    sem = asyncio.Semaphore(limit)
+    call = _Caller(limit)
+
+    async def one(i: int, example: Any) -> Scored:
+        async with sem:
+            try:
+                out = await call(forward, example)
+            except BudgetExceeded:
+                raise  # a stop signal, not a result
+            except Exception as exc:
+                node = exc.variable if isinstance(exc, TraceError) else None
+                message = f"{type(exc).__name__}: {exc}"
+                return Scored(EvalRow(example, "", 0.0, f"the program raised {message}", message), node)
+            if isinstance(out, str):
+                out = Variable(out, role="output of the forward function")
+            if not isinstance(out, Variable):
+                raise TypeError(f"forward must return a textopt Variable (or str), got {type(out).__name__}")
+            try:
+                raw = default_metric(example, out) if metric is default_metric else await call(metric, example, out)
+                value, feedback = as_score(raw)
+            except Exception as exc:
+                exc.add_note(f"textopt: the metric failed on example {i} ({_short(example)})")
+                raise
+            return Scored(EvalRow(example, out.text, value, feedback), out)
+
+    try:
+        return list(await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples))))
+    finally:
+        call.close()
+
+
+async def aevaluate(
+    forward: Forward, examples: Sequence[Any], metric: Metric | None = None, *, concurrency: int | None = None, seed: int = 0,
+) -> EvalReport:
+    """Run forward on every example (at most `concurrency` in flight, default 8) and score it.
+    metric(example, output) -> number | bool | None | Score; default: exact match on `example.answer`."""
+    return EvalReport([s.row for s in await score_examples(forward, list(examples), metric, concurrency=concurrency)], seed=seed)
+
+
+def evaluate(
+    forward: Forward, examples: Sequence[Any], metric: Metric | None = None, *, concurrency: int | None = None, seed: int = 0,
+) -> EvalReport:
+    """Sync `aevaluate` (works in scripts and inside a notebook's running event loop)."""
+    from ._sync import run_sync
+
+    return run_sync(aevaluate(forward, examples, metric, concurrency=concurrency, seed=seed))
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Variable):
+        return obj.text
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return repr(obj)
+
+
+def _short(example: Any, limit: int = 60) -> str:
+    text = repr(example)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
