@@ -11,6 +11,7 @@ from typing import Any
 from .context import using
 from .engines import Completion, Engine, ScriptedEngine, Usage, get_engine, track_usage
 from .errors import BudgetExceeded, EngineError, GraphError, ParseError, TextoptError, UpdateError
+from .evaluate import EvalReport, Score, aevaluate, evaluate  # eager on purpose (stdlib only): `import textopt.evaluate` would otherwise shadow the function with the module
 from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .loss import TextLoss
@@ -27,6 +28,8 @@ __all__ = [
     "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
     "trace", "graph", "track_usage", "using",
     "Trainer", "History", "resume", "save", "load", "datasets", "aegis",  # lazy (see _LAZY)
+    "evaluate", "aevaluate", "EvalReport", "Score",
+    "Search",  # lazy: candidate search (issue 10)
 ]
 
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -39,6 +42,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load": ("textopt.checkpoint", "load"),
     "datasets": ("textopt.datasets", None),
     "aegis": ("textopt.aegis", None),  # attack/defense co-evolution (issue 4)
+    "Search": ("textopt.search", "Search"),  # candidate search (issue 10)
 }
 
 
