@@ -29,6 +29,8 @@ Message = dict[str, str]
 #: Values that are a template's placeholder, not a value (compared stripped and lower-cased).
 PLACEHOLDERS = frozenset({"...", "…", "null", "none", "new value", "<new value>", "<new_value>", "<value>", "value",
                           "<the full new text>", "<why>", "<reasoning>", "todo", "tbd"})
+#: A rejected reply is kept in its failure record up to this many characters (head and tail).
+REPLY_CHARS = 4000
 _PLACEHOLDER_RE = re.compile(r"<\s*(new[ _]?value|value|why|reasoning|the full new text|a few sentences[^>]*)\s*>", re.I)
 
 
@@ -200,23 +202,7 @@ class Optimizer:
 
     def check(self, param: Variable, value: Any) -> tuple[str, str] | None:
         """(kind, reason) when `value` can't be `param`'s new value, else None. Never runs or stores it."""
-        if value is None:
-            return "null", "the proposed value is null, not text"
-        if not isinstance(value, str):
-            return "not text", f"the proposed value is a {type(value).__name__}, not text"
-        stripped = value.strip()
-        if not stripped:
-            return "empty", "the proposed value is empty"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return "unicode", f"the proposed value is not valid Unicode ({exc.reason} at position {exc.start})"
-        if len(value) > self.max_value_chars:
-            return "too long", f"the proposed value has {len(value):,} characters, over the cap of {self.max_value_chars:,} (max_value_chars)"
-        low = stripped.lower()
-        if low in PLACEHOLDERS or low in self.placeholders or _PLACEHOLDER_RE.fullmatch(stripped):
-            return "placeholder", f"the proposed value {stripped[:60]!r} is the reply template's placeholder, not a value"
-        return None
+        return check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders)
 
     def _targets(self, params: Sequence[Variable] | None) -> list[Variable]:
         if params is None:
@@ -273,7 +259,7 @@ class Optimizer:
         return again
 
     def _fail(self, report: StepReport, variable: str, error: str, reply: str, kind: str) -> None:
-        failure = UpdateFailure(self.steps, variable, error, reply, kind)
+        failure = UpdateFailure(self.steps, variable, _storable(error, 2000), _storable(reply, REPLY_CHARS), kind)
         report.failures.append(failure)
         self.failures.append(failure)
 
@@ -298,24 +284,8 @@ class Optimizer:
                        parse: Callable[[str], dict[str, Any]] | None = None, **options: Any) -> tuple[dict[str, Any], str]:
         """Ask for a JSON object; if the reply can't be parsed, send it back once with the error.
         Returns (object, raw reply); raises ParseError after the repair fails too."""
-        from ..prompts import render_messages
-        from .parse import parse_reply
-
-        read = parse or (lambda text: parse_reply(text, list(required)))
-        if temperature is not None:
-            options["temperature"] = temperature
-        reply = await engine.acomplete(messages, json_schema=schema, **options)
-        try:
-            return read(reply.text), reply.text
-        except ParseError as first:
-            shape = shape or "{" + ", ".join(f'"{k}": "..."' for k in schema.get("properties", required)) + "}"
-            repair = render_messages("repair.j2", error=str(first), shape=shape)
-            retry = messages + [{"role": "assistant", "content": reply.text}] + repair
-            second = await engine.acomplete(retry, json_schema=schema, **options)
-            try:
-                return read(second.text), second.text
-            except ParseError as exc:
-                raise ParseError(f"{exc} (after one repair request; first error: {first})", second.text) from exc
+        return await ask_json(messages, schema, required, engine=engine, temperature=temperature, shape=shape,
+                              parse=parse, **options)
 
     def resolve_engine(self) -> "Engine":
         """The engine for update calls: this optimizer's, else the scoped backward default."""
@@ -334,6 +304,59 @@ class Optimizer:
         self.failures = [UpdateFailure(**f) for f in state.get("failures", [])]
         self.past = [PastStep(**s) for s in state.get("past", []) if isinstance(s, dict) and "values" in s and "step" in s]
         self.reports = [StepReport.from_dict(r) for r in state.get("reports", [])]
+
+
+def check_value(value: Any, *, max_chars: int, placeholders: Iterable[str] = ()) -> tuple[str, str] | None:
+    """(kind, reason) when `value` is no usable new value: null, not text, empty, invalid Unicode (a lone
+    surrogate would crash cache keys and checkpoints later), over `max_chars`, or a template placeholder."""
+    if value is None:
+        return "null", "the proposed value is null, not text"
+    if not isinstance(value, str):
+        return "not text", f"the proposed value is a {type(value).__name__}, not text"
+    stripped = value.strip()
+    if not stripped:
+        return "empty", "the proposed value is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return "unicode", f"the proposed value is not valid Unicode ({exc.reason} at position {exc.start})"
+    if len(value) > max_chars:
+        return "too long", f"the proposed value has {len(value):,} characters, over the cap of {max_chars:,} (max_value_chars)"
+    low = stripped.lower()
+    if low in PLACEHOLDERS or low in placeholders or _PLACEHOLDER_RE.fullmatch(stripped):
+        return "placeholder", f"the proposed value {stripped[:60]!r} is the reply template's placeholder, not a value"
+    return None
+
+
+async def ask_json(messages: list[Message], schema: dict[str, Any], required: Sequence[str], *, engine: "Engine",
+                   temperature: float | None = None, shape: str | None = None,
+                   parse: Callable[[str], dict[str, Any]] | None = None, **options: Any) -> tuple[dict[str, Any], str]:
+    """See Optimizer.ask_json: one JSON ask, one repair request quoting the error."""
+    from ..prompts import render_messages
+    from .parse import parse_reply
+
+    read = parse or (lambda text: parse_reply(text, list(required)))
+    if temperature is not None:
+        options["temperature"] = temperature
+    reply = await engine.acomplete(messages, json_schema=schema, **options)
+    try:
+        return read(reply.text), reply.text
+    except ParseError as first:
+        shape = shape or "{" + ", ".join(f'"{k}": "..."' for k in schema.get("properties", required)) + "}"
+        repair = render_messages("repair.j2", error=str(first), shape=shape)
+        retry = messages + [{"role": "assistant", "content": reply.text}] + repair
+        second = await engine.acomplete(retry, json_schema=schema, **options)
+        try:
+            return read(second.text), second.text
+        except ParseError as exc:
+            raise ParseError(f"{exc} (after one repair request; first error: {first})", second.text) from exc
+
+
+def _storable(text: str, limit: int) -> str:
+    """Text safe to keep in failures and checkpoints: bounded, and valid UTF-8 (lone surrogates escaped)."""
+    from ..prompts import elide
+
+    return elide(text, limit).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _unescape(value: Any) -> Any:
