@@ -427,6 +427,44 @@ def _scripted_task():
     return prompt, forward, to.ScriptedEngine(updates)
 
 
+class KeywordOptimizer(to.Optimizer):
+    """A real Optimizer subclass: keeps the feedback it is given (no LLM, like OptoPrime) and proposes the
+    keyword the feedback asks for, else the value unchanged (which the base records and re-asks)."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params)
+        self.notes_: list[str] = []
+
+    async def abackward(self, output, feedback=None, *, engine=None) -> None:
+        self.notes_.append(feedback if feedback is not None else output.text)
+
+    def zero_grad(self) -> None:
+        super().zero_grad()
+        self.notes_ = []
+
+    async def propose(self, params, *, temperature, rejected):
+        said = " ".join(self.notes_)
+        return {p: to.Proposal(p.value + " " + KEYS[p.name], reasoning=f"asked for {KEYS[p.name]}")
+                if KEYS[p.name] in said and KEYS[p.name] not in p.value else to.Proposal(p.value) for p in params}
+
+
+def test_an_optimizer_subclass_is_a_proposer():
+    params = make_params()
+    opt = KeywordOptimizer(params)
+    result = Search(params, forward=make_forward(params), train=TRAIN, val=VAL, metric=metric, proposer=opt, budget=150).fit()
+    assert result.best_val == 1.0 and opt.steps == sum(1 for r in result.rows if "proposals" in r)
+    assert opt.notes_ == []  # feedback is cleared after every mutation
+    # nothing in this training set asks for BETA: mutating `format` proposes no change, which the base records
+    params = make_params()
+    opt = KeywordOptimizer(params)
+    only_a = [q for q in TRAIN if q.needs == "a"]
+    result = Search(params, forward=make_forward(params), train=only_a, val=VAL, metric=metric, proposer=opt, budget=40,
+                    perfect=None).fit()
+    assert "ALPHA" in result.best["instruction"] and result.best["format"] == "Reply briefly."
+    assert any(f.kind == "no change" and f.variable == "format" for f in opt.failures)
+    assert all(r["failures"] >= 1 and r["proposals"] == [] for r in result.rows if r.get("param") == "format")
+
+
 @pytest.mark.parametrize("proposer", ["tgd", "optoprime"])
 def test_named_proposers_work_through_the_optimizer_contract(proposer):
     prompt, forward, engine = _scripted_task()

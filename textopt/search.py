@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .evaluate import EvalReport, Metric, Scored, score_examples
-from .search_pool import Candidate, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent
+from .search_pool import (
+    Candidate, SearchState, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent,
+)
 from .search_reflect import Reflector
 from .variable import Variable
 
@@ -125,17 +126,7 @@ class Search:
         self.callbacks, self.progress = list(callbacks), progress
         self.run: "Run | None" = None
         self._fingerprints = {"train_fingerprint": _fingerprint(self.train), "val_fingerprint": _fingerprint(self.val)}
-        self._reset()
-
-    def _reset(self) -> None:
-        self.pool: dict[int, Candidate] = {}
-        self.rng = random.Random(self.seed)
-        self.order: list[int] = []
-        self.cursor = self.iteration = self.next_param = self.stale = self.merges = 0
-        self.merge_due = False
-        self.tried: set[tuple[int, int, int]] = set()
-        self.rows: list[dict[str, Any]] = []
-        self.stopped: str | None = None
+        self.state = SearchState(seed)
 
     # -- running ---------------------------------------------------------------------------------
     def fit(self) -> SearchResult:
@@ -155,36 +146,36 @@ class Search:
         with Run(self.run_dir, kind="search", spec=self._spec(), budgets=budgets, callbacks=callbacks, resume=self.resume) as run:
             self.run = run
             state = run.load_checkpoint(apply=lambda s: [Candidate.from_dict(c) for c in s["pool"]]) if self.resume else None
-            self._reset()
+            self.state = SearchState(self.seed)
             if state is not None:
                 self.load_state_dict(state)
-                self.stopped = None  # resuming a finished search re-checks its stop rules (a raised budget goes on)
-            run.start(kind="search", step=self.iteration, total_steps=None, resumed=state is not None,
+                self.state.stopped = None  # resuming a finished search re-checks its stop rules (a raised budget goes on)
+            run.start(kind="search", step=self.state.iteration, total_steps=None, resumed=state is not None,
                       parameters=[p.name for p in self.params], budget=self.budget)
             try:
-                if not self.pool:
+                if not self.state.pool:
                     await self._tracked(self._seed)
-                while self.stopped is None:
-                    self.stopped = self._stop_reason()
-                    if self.stopped is None:
+                while self.state.stopped is None:
+                    self.state.stopped = self._stop_reason()
+                    if self.state.stopped is None:
                         await self._tracked(self._iterate)
             except BudgetExceeded as exc:  # an engine's own token budget: stop at the last completed iteration
-                self.stopped = "budget_engine"
+                self.state.stopped = "budget_engine"
                 run.log({"event": "budget", "message": str(exc)})
             result = self.result()
             self._apply(result.best)
             self._checkpoint()
             run.write_json("parameters.json", {"format": "textopt.parameters", "version": 1, "parameters": result.best})
-            run.end(stopped=self.stopped, best_id=result.best_id, best_val=result.best_val, pareto=result.pareto,
-                    candidates=len(self.pool), metric_calls=run.metric_calls, usage=dict(run.totals))
+            run.end(stopped=self.state.stopped, best_id=result.best_id, best_val=result.best_val, pareto=result.pareto,
+                    candidates=len(self.state.pool), metric_calls=run.metric_calls, usage=dict(run.totals))
         self.run = None
         return result
 
     def result(self) -> SearchResult:
         run = self.run
-        return SearchResult([self.pool[i] for i in sorted(self.pool)], list(pareto_front(self._table())), best_id(self.pool),
-                            self.stopped, run.metric_calls if run else 0, self.iteration, dict(run.totals) if run else {},
-                            list(self.rows), str(self.run_dir) if self.run_dir else None)
+        return SearchResult([self.state.pool[i] for i in sorted(self.state.pool)], list(pareto_front(self.state.table())), best_id(self.state.pool),
+                            self.state.stopped, run.metric_calls if run else 0, self.state.iteration, dict(run.totals) if run else {},
+                            list(self.state.rows), str(self.run_dir) if self.run_dir else None)
 
     async def _tracked(self, step: Callable[[], Any]) -> None:
         """One unit of work: counted, checkpointed, logged; rolled back in memory if it does not finish."""
@@ -198,21 +189,21 @@ class Search:
             self.load_state_dict(saved)
             raise
         row.update(self.run.usage_columns(usage), seconds=round(time.perf_counter() - start, 3),
-                   metric_calls=self.run.metric_calls, best_val=self.pool[best_id(self.pool)].val, pool=len(self.pool))
-        self.rows.append(row)
+                   metric_calls=self.run.metric_calls, best_val=self.state.best().val, pool=len(self.state.pool))
+        self.state.rows.append(row)
         self._checkpoint()  # on disk before anyone hears of it
         if row.get("added") is not None:
-            self.run.candidate(self.pool[row["added"]].to_dict())
+            self.run.candidate(self.state.pool[row["added"]].to_dict())
         self.run.step(row)
 
     def _stop_reason(self) -> str | None:
         assert self.run is not None
-        best = self.pool[best_id(self.pool)].val
+        best = self.state.best().val
         if self.target is not None and best is not None and best >= self.target:
             return "target"
-        if self.patience is not None and self.stale >= self.patience:
+        if self.patience is not None and self.state.stale >= self.patience:
             return "patience"
-        return self.run.stop_reason(step=self.iteration, total_steps=None, metric_calls=self.run.metric_calls)
+        return self.run.stop_reason(step=self.state.iteration, total_steps=None, metric_calls=self.run.metric_calls)
 
     # -- one iteration -------------------------------------------------------------------------
     async def _seed(self) -> dict[str, Any]:
@@ -222,28 +213,28 @@ class Search:
             raise ValueError("the metric scored none of the validation examples; pass metric=fn(example, output) -> "
                              "number or to.Score, or give the examples an 'answer'")
         self._add(Candidate(0, [], [], values, [s.row.score for s in scored], "the starting values"), scored)
-        return {"step": 0, "kind": "seed", "added": 0, "val": self.pool[0].val}
+        return {"step": 0, "kind": "seed", "added": 0, "val": self.state.pool[0].val}
 
     async def _iterate(self) -> dict[str, Any]:
-        self.iteration += 1
-        front = pareto_front(self._table())
-        if self.merge_due and self.merges < self.max_merges:
-            self.merge_due = False
-            options = merge_options(self.pool, list(front), self.tried)
+        self.state.iteration += 1
+        front = pareto_front(self.state.table())
+        if self.state.merge_due and self.state.merges < self.max_merges:
+            self.state.merge_due = False
+            options = merge_options(self.state.pool, list(front), self.state.tried)
             if options:
-                return await self._merge(self.rng.choice(options))
-        return await self._mutate(self.pool[sample_parent(front, self.rng)])
+                return await self._merge(self.state.rng.choice(options))
+        return await self._mutate(self.state.pool[sample_parent(front, self.state.rng)])
 
     async def _mutate(self, parent: Candidate) -> dict[str, Any]:
-        param = self.params[self.next_param % len(self.params)]
-        self.next_param += 1
-        idx = self._next_batch()
+        param = self.params[self.state.next_param % len(self.params)]
+        self.state.next_param += 1
+        idx = self.state.next_batch(len(self.train), self.minibatch)
         batch = [self.train[i] for i in idx]
-        row: dict[str, Any] = {"step": self.iteration, "kind": "mutation", "parent": parent.id, "param": param.name,
+        row: dict[str, Any] = {"step": self.state.iteration, "kind": "mutation", "parent": parent.id, "param": param.name,
                                "batch": idx, "added": None}
         before = await self._score(batch, parent.values)
         row["parent_train"] = _mean([s.row.score for s in before])
-        self.stale += 1
+        self.state.stale += 1
         if self.reflector.is_perfect(before):
             return {**row, "skipped": "the parent is already perfect on this minibatch"}
         children, failures = await self.reflector.children(param, parent.values, batch, before, self.proposals,
@@ -256,31 +247,31 @@ class Search:
         if child.total <= _total(before):
             return {**row, "rejected": "no better than the parent on the minibatch"}
         values = {**parent.values, param.name: child.value}
-        twin = next((c.id for c in self.pool.values() if c.values == values), None)
+        twin = self.state.twin(values)
         if twin is not None:  # scored already: no second val run, no duplicate on the front
             return {**row, "rejected": f"the same values as #{twin}"}
         scored = await self._score(self.val, values)
-        cand = Candidate(len(self.pool), [parent.id], [param.name], values, [s.row.score for s in scored], child.reasoning,
-                         "mutation", self.iteration, {"examples": idx, "parent": [s.row.score for s in before],
+        cand = Candidate(len(self.state.pool), [parent.id], [param.name], values, [s.row.score for s in scored], child.reasoning,
+                         "mutation", self.state.iteration, {"examples": idx, "parent": [s.row.score for s in before],
                                                       "child": child.scores})
         self._add(cand, scored)
-        self.stale, self.merge_due = 0, self.max_merges > 0
+        self.state.stale, self.state.merge_due = 0, self.max_merges > 0
         return {**row, "added": cand.id, "val": cand.val}
 
     async def _merge(self, triple: tuple[int, int, int]) -> dict[str, Any]:
         i, j, a = triple
-        self.tried.add(triple)
-        self.merges += 1
-        values = merged_values(self.pool, i, j, a)
+        self.state.tried.add(triple)
+        self.state.merges += 1
+        values = merged_values(self.state.pool, i, j, a)
         scored = await self._score(self.val, values)
-        changed = sorted(k for k in values if values[k] != self.pool[i].values[k])
-        cand = Candidate(len(self.pool), [i, j], changed, values, [s.row.score for s in scored],
+        changed = sorted(k for k in values if values[k] != self.state.pool[i].values[k])
+        cand = Candidate(len(self.state.pool), [i, j], changed, values, [s.row.score for s in scored],
                          f"merge of #{i} and #{j} (common ancestor #{a}): each parameter from the candidate that changed it",
-                         "merge", self.iteration)
-        row = {"step": self.iteration, "kind": "merge", "parents": [i, j], "ancestor": a, "val": cand.val, "added": None}
-        if (cand.val or 0.0) >= max(self.pool[i].val or 0.0, self.pool[j].val or 0.0):
+                         "merge", self.state.iteration)
+        row = {"step": self.state.iteration, "kind": "merge", "parents": [i, j], "ancestor": a, "val": cand.val, "added": None}
+        if (cand.val or 0.0) >= max(self.state.pool[i].val or 0.0, self.state.pool[j].val or 0.0):
             self._add(cand, scored)
-            self.stale, row["added"] = 0, cand.id
+            self.state.stale, row["added"] = 0, cand.id
         return row
 
     # -- helpers -------------------------------------------------------------------------------
@@ -295,25 +286,13 @@ class Search:
     def _add(self, cand: Candidate, scored: list[Scored]) -> None:
         assert self.run is not None
         cand.metric_calls = self.run.metric_calls
-        self.pool[cand.id] = cand
+        self.state.pool[cand.id] = cand
         self.run.save_eval(f"candidate_{cand.id}", EvalReport([s.row for s in scored], seed=self.seed))
 
     def _apply(self, values: dict[str, str]) -> None:
         for p in self.params:
             if p.value != values[p.name]:
                 p.set_value(values[p.name])
-
-    def _table(self) -> dict[int, list[float | None]]:
-        return {cid: c.val_scores for cid, c in self.pool.items()}
-
-    def _next_batch(self) -> list[int]:
-        if self.cursor + self.minibatch > len(self.order):
-            self.order = list(range(len(self.train)))
-            self.rng.shuffle(self.order)
-            self.cursor = 0
-        idx = self.order[self.cursor : self.cursor + self.minibatch]
-        self.cursor += len(idx)
-        return idx
 
     def _checkpoint(self) -> None:
         if self.run is not None:
@@ -327,12 +306,8 @@ class Search:
                             "proposer": self.reflector.name}}
 
     def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
-        return {"search": self._spec(), "pool": [c.to_dict() for c in self.pool.values()],
-                "rng": [version, list(internal), gauss], "order": self.order, "cursor": self.cursor,
-                "iteration": self.iteration, "next_param": self.next_param, "stale": self.stale, "merges": self.merges,
-                "merge_due": self.merge_due, "tried": sorted(self.tried), "rows": self.rows, "stopped": self.stopped,
-                "optimizer": self.reflector.state_dict(), "parameters": {p.name: p.text for p in self.params}}
+        return {"search": self._spec(), **self.state.to_dict(), "optimizer": self.reflector.state_dict(),
+                "parameters": {p.name: p.text for p in self.params}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         spec = state.get("search", {})
@@ -341,15 +316,8 @@ class Search:
                 what = "parameter names" if key == "parameters" else f"{key.split('_')[0]} data"
                 raise ValueError(f"the checkpoint was made with different {what}; resume with the same parameters "
                                  "(same name=...) and the same examples in the same order, or start a new run_dir")
-        self.pool = {c.id: c for c in (Candidate.from_dict(d) for d in state["pool"])}
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        self.order, self.cursor, self.iteration = list(state["order"]), int(state["cursor"]), int(state["iteration"])
-        self.next_param, self.stale, self.merges = int(state["next_param"]), int(state["stale"]), int(state["merges"])
-        self.merge_due, self.tried = bool(state["merge_due"]), {tuple(t) for t in state["tried"]}  # type: ignore[misc]
-        self.rows, self.stopped = list(state["rows"]), state.get("stopped")
+        self.state.load(state)
         self.reflector.load_state_dict(state.get("optimizer") or {})
-
 
 def _mean(scores: Sequence[float | None]) -> float | None:
     vals = [s for s in scores if s is not None]

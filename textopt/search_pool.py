@@ -156,3 +156,55 @@ def best_id(pool: Mapping[int, Candidate]) -> int:
 
 def _key(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(values.items()))
+
+
+class SearchState:
+    """Everything a search changes as it goes (all of it goes into the checkpoint): the pool, the RNG that
+    samples parents, merges and minibatches, the minibatch order, counters, and one row per iteration."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.pool: dict[int, Candidate] = {}
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.cursor = self.iteration = self.next_param = self.stale = self.merges = 0
+        self.merge_due = False
+        self.tried: set[tuple[int, int, int]] = set()
+        self.rows: list[dict[str, Any]] = []
+        self.stopped: str | None = None
+
+    def table(self) -> dict[int, list[float | None]]:
+        return {cid: c.val_scores for cid, c in self.pool.items()}
+
+    def best(self) -> Candidate:
+        return self.pool[best_id(self.pool)]
+
+    def twin(self, values: Mapping[str, str]) -> int | None:
+        """The id of a pool candidate with exactly these values."""
+        return next((c.id for c in self.pool.values() if c.values == values), None)
+
+    def next_batch(self, n: int, size: int) -> list[int]:
+        """`size` training indices: passes over a seeded shuffle of range(n), a new shuffle when one runs out."""
+        if self.cursor + size > len(self.order):
+            self.order = list(range(n))
+            self.rng.shuffle(self.order)
+            self.cursor = 0
+        idx = self.order[self.cursor : self.cursor + size]
+        self.cursor += len(idx)
+        return idx
+
+    def to_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"pool": [c.to_dict() for c in self.pool.values()], "rng": [version, list(internal), gauss],
+                "order": self.order, "cursor": self.cursor, "iteration": self.iteration, "next_param": self.next_param,
+                "stale": self.stale, "merges": self.merges, "merge_due": self.merge_due, "tried": sorted(self.tried),
+                "rows": self.rows, "stopped": self.stopped}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.pool = {c.id: c for c in (Candidate.from_dict(d) for d in state["pool"])}
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order, self.cursor, self.iteration = list(state["order"]), int(state["cursor"]), int(state["iteration"])
+        self.next_param, self.stale, self.merges = int(state["next_param"]), int(state["stale"]), int(state["merges"])
+        self.merge_due = bool(state["merge_due"])
+        self.tried = {(int(i), int(j), int(a)) for i, j, a in state["tried"]}
+        self.rows, self.stopped = list(state["rows"]), state.get("stopped")
