@@ -106,12 +106,15 @@ def test_json_mode_budget_stop_resume_with_new_budget_and_report(tmp_path):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_text_mode_prints_before_after_tokens_and_prompt(tmp_path):
-    out = textopt("optimize", *ARGS[:4], "--steps", "2", cache=tmp_path / "cache")
+def test_text_mode_prints_before_after_tokens_and_prompt_and_saves_the_run_by_default(tmp_path):
+    out = textopt("optimize", *ARGS[:4], "--steps", "2", cache=tmp_path / "cache", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     for needle in ("accuracy before:", "accuracy after:", "tokens:", "final prompt:"):
         assert needle in out.stdout
     assert "step 1:" in out.stderr and "\r" not in out.stderr  # no progress bar when not a terminal
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "checkpoint.json").exists() and (runs[0] / "result.json").exists()
+    assert f"textopt report {Path('runs') / runs[0].name}" in out.stdout
 
 
 def test_cli_errors_are_clear(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ._sync import run_sync
-from .run import Budgets, Callback, RunError, has_run, read_spec
+from .run import Budgets, Callback, RunError, check_not_busy, has_run, read_spec
 
 if TYPE_CHECKING:
     from .engines.base import Engine
@@ -118,11 +118,29 @@ def make_engine(spec: str, *, base_url: str | None = None, no_cache: bool = Fals
         if kind != "openai":
             raise ValueError(f"--base-url works with openai:<model> engines, not {spec!r} (e.g. --engine openai:my-model)")
         options["base_url"] = base_url
-    return get_engine(spec, **options)
+    if kind == "local":  # checked here, before a run directory exists or anything is spent
+        import importlib.util
+
+        path = spec.strip().partition(":")[2]
+        if path and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"--engine {spec}: there is no model file at {path}; pass the path of a .gguf file, "
+                                    "or --engine local for the embedded SmolLM2")
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ImportError("the local engine needs llama-cpp-python: pip install -e '.[local]' "
+                              "(or use --engine openai:<model> / litellm:<model>)")
+    try:
+        return get_engine(spec, **options)
+    except ValueError as exc:
+        if "unknown engine" not in str(exc):
+            raise
+        raise ValueError(f"unknown engine {spec!r}: use local, local:<path.gguf>, openai:<model>, litellm:<model> "
+                         "or fake") from None
 
 
 def check_new_run_dir(run_dir: str | Path | None, resume: bool) -> None:
-    """Fail before spending anything when a new run would land on an existing one."""
+    """Fail before spending anything when a live run holds the directory, or a new run would land on an old one."""
+    if run_dir is not None:
+        check_not_busy(run_dir)
     if run_dir is not None and not resume and has_run(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run; continue it with `textopt resume {run_dir}`, "
                               "or pick another output directory")

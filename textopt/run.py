@@ -111,6 +111,17 @@ def _dumps(obj: Any, indent: int | None = 2) -> str:
     return text
 
 
+def scrubbed_json(obj: Any, indent: int | None = 2) -> str:
+    """`obj` as JSON text with secrets masked: the text is scrubbed in one pass (a masked value never
+    contains a quote, so the JSON stays valid; if it ever didn't, every string is scrubbed one by one)."""
+    text = scrub_text(_dumps(obj, indent))
+    try:
+        json.loads(text)
+    except ValueError:
+        text = _dumps(scrub(obj), indent)
+    return text
+
+
 def is_auth_error(error: Any) -> bool:
     """True for a provider's 401/403 (an exception, its cause, or the text of a recorded failure)."""
     seen = 0
@@ -257,7 +268,10 @@ class Progress(Callback):
             print(describe_row(row), file=self.stream or sys.stderr, flush=True)
 
     def on_event(self, run: "Run", event: dict[str, Any]) -> None:
-        if event.get("event") in ("budget", "warning") and self._bar is None:
+        kind = event.get("event")
+        if kind in ("error", "interrupted"):
+            self.on_end(run, event)
+        elif kind == "budget" and self._bar is None:
             print(event.get("message", ""), file=self.stream or sys.stderr, flush=True)
 
     def on_end(self, run: "Run", summary: dict[str, Any]) -> None:
@@ -329,6 +343,26 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def lock_run_dir(run_dir: Path) -> Any:
+    """The held lock of a run directory (a filelock on run_dir/.lock); RunLocked at once if another run has it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run_dir / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLocked(f"{run_dir} is in use by another run (its lock {run_dir / LOCK} is held); wait for that "
+                        "run to finish or pick another run directory") from None
+    return lock
+
+
+def check_not_busy(run_dir: str | Path) -> None:
+    """Raise RunLocked now (before anything is built or spent) if a live run holds the directory."""
+    folder = Path(run_dir)
+    if (folder / LOCK).exists():
+        lock_run_dir(folder).release()
+
+
 # -- the run --------------------------------------------------------------------------------------
 class Run:
     """One run directory (or none: run_dir=None keeps accounting, budgets and callbacks in memory)."""
@@ -360,7 +394,9 @@ class Run:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
             if exc is not None and self._depth == 1:
-                kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+                import asyncio
+
+                kind = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "error"
                 self.log({"event": kind, "error": f"{type(exc).__name__}: {exc}"})
         finally:
             self.close()
@@ -378,11 +414,13 @@ class Run:
                     f"{self.dir} already holds a run; continue it with `textopt resume {self.dir}` (Python: "
                     f"textopt.resume({str(self.dir)!r}, ...)), or pick a new run directory")
             if (self.dir / SPEC).exists() and (self.resume or self._wrote):
-                saved = read_spec(self.dir).get("kind")
-                if saved not in (None, self.kind):
-                    raise RunError(f"{self.dir} holds a {saved!r} run, not a {self.kind!r} run; pick the matching command")
-            else:
-                atomic_write_text(self.dir / SPEC, _dumps(scrub({"kind": self.kind, **self.spec})) + "\n")
+                saved = read_spec(self.dir)
+                if saved.get("kind") not in (None, self.kind):
+                    raise RunError(f"{self.dir} holds a {saved.get('kind')!r} run, not a {self.kind!r} run; "
+                                   "pick the matching command")
+                if not self.spec:
+                    return
+            atomic_write_text(self.dir / SPEC, scrubbed_json({"kind": self.kind, **self.spec}) + "\n")
         except BaseException:
             self._depth = 0
             self._release()
@@ -394,16 +432,8 @@ class Run:
             self._release()
 
     def _acquire(self) -> None:
-        from filelock import FileLock, Timeout
-
         assert self.dir is not None
-        lock = FileLock(str(self.dir / LOCK), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RunLocked(f"{self.dir} is in use by another run (its lock {self.dir / LOCK} is held); wait for that "
-                            "run to finish or pick another run directory") from None
-        self._lock = lock
+        self._lock = lock_run_dir(self.dir)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -457,7 +487,7 @@ class Run:
             return
         payload = {"format": FORMAT, "version": VERSION, "kind": self.kind, **state,
                    "usage": dict(self.totals), "metric_calls": self.metric_calls}
-        text = _dumps(scrub(payload)) + "\n"
+        text = scrubbed_json(payload) + "\n"
         current = self.dir / CHECKPOINT
         if current.exists():
             os.replace(current, self.dir / BACKUP)  # until the next line lands, the backup is the newest
@@ -483,7 +513,7 @@ class Run:
         if self.dir is None:
             return None
         path = self.dir / name
-        atomic_write_text(path, _dumps(scrub(obj)) + "\n")
+        atomic_write_text(path, scrubbed_json(obj) + "\n")
         return path
 
     def write_text(self, name: str, text: str) -> Path | None:
@@ -496,7 +526,7 @@ class Run:
     # -- events ------------------------------------------------------------------------------
     def log(self, event: Mapping[str, Any]) -> None:
         """Append the event to log.jsonl and hand it to the callbacks (by kind, then on_event)."""
-        ev = scrub(dict(event))
+        ev = json.loads(scrubbed_json(dict(event), indent=None))  # plain JSON, secrets masked
         if self.dir is not None and self.dir.exists():
             with open(self.dir / LOG, "a", encoding="utf-8") as fh:
                 fh.write(_dumps({**ev, "time": round(time.time(), 3)}, indent=None) + "\n")
@@ -540,7 +570,7 @@ class Run:
                 atomic_write_text(path, scrub_text(path.read_text(encoding="utf-8")))
             else:
                 rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in getattr(report, "rows", [])]
-                atomic_write_text(path, "".join(_dumps(scrub(r), indent=None) + "\n" for r in rows))
+                atomic_write_text(path, "".join(scrubbed_json(r, indent=None) + "\n" for r in rows))
         for cb in self.callbacks:
             cb.on_eval(self, name, report)
         self.log({"event": "eval", "name": name, "mean": getattr(report, "mean", None),

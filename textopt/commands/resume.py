@@ -19,6 +19,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--budget-tokens", type=int, default=None, help="replace the token budget")
     p.add_argument("--budget-calls", type=int, default=None, help="replace the call budget")
     p.add_argument("--budget-usd", type=float, default=None, help="replace the dollar budget")
+    p.add_argument("--base-url", default=None, help="the server's URL again (spec.json keeps it without user:password)")
     add_common(p)
     return p
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..run import read_spec
 
     spec = RunSpec.from_dict(read_spec(args.run_dir))  # one-line errors: not a run dir / made from Python
-    overrides = {k: getattr(args, k) for k in ("steps", "rounds", "budget_tokens", "budget_calls", "budget_usd")
+    overrides = {k: getattr(args, k) for k in ("steps", "rounds", "budget_tokens", "budget_calls", "budget_usd", "base_url")
                  if getattr(args, k) is not None}
     job = resume(args.run_dir, callbacks=callbacks(args), progress=False, **overrides)
     args.resume_hint = f"textopt resume {args.run_dir}"
