@@ -374,6 +374,33 @@ def test_resume_after_sigkill_gives_the_same_result(tmp_path):
     assert [e.get("resumed") for e in log if e["event"] == "start"] == [False, True]
 
 
+class Stop(BaseException):
+    """Stands for an interrupt in the middle of an iteration."""
+
+
+def test_interrupted_search_keeps_the_best_values_and_resumes_to_the_same_result(tmp_path):
+    reference = run_task(tmp_path / "ref", budget=90)
+    params = make_params()
+    inner, calls = make_forward(params), []
+
+    async def forward(ex):
+        calls.append(ex)
+        if len(calls) == 45:
+            raise Stop()
+        return await inner(ex)
+
+    with pytest.raises(Stop):
+        Search(params, forward=forward, train=TRAIN, val=VAL, metric=metric, proposer=ScriptedProposer(params), budget=90,
+               run_dir=tmp_path / "run").fit()
+    state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    pool = {c["id"]: c for c in state["pool"]}
+    best = max(pool.values(), key=lambda c: (sum(c["val_scores"]), -c["id"]))
+    assert {p.name: p.value for p in params} == best["values"]  # not whatever was being tried when it stopped
+    resumed = run_task(tmp_path / "run", budget=90, resume=True)
+    assert [c.to_dict() for c in resumed.candidates] == [c.to_dict() for c in reference.candidates]
+    assert resumed.metric_calls == reference.metric_calls
+
+
 def test_report_shows_pool_front_and_lineage(tmp_path):
     result = run_task(tmp_path / "run", one_shot=True, trade=True, budget=120)
     text = search_report(tmp_path / "run")

@@ -89,7 +89,8 @@ class Search:
     minibatch: training examples per mutation; proposals: samples per mutation (the best one is kept);
     merge: True, False or the number of merge attempts; budget: metric calls; patience: mutations in a
     row without a new pool entry; perfect: a minibatch the parent already scores this on everywhere is
-    skipped (None: never skip). callbacks receive every event (see textopt.run.Callback).
+    skipped (None: never skip). callbacks receive every event (see textopt.run.Callback); spec: extra
+    fields for run_dir/spec.json (e.g. what `textopt resume` needs to rebuild the search).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class Search:
         target: float | None = None, patience: int | None = None, perfect: float | None = 1.0,
         concurrency: int | None = None, run_dir: str | Path | None = None, resume: bool = False, seed: int = 0,
         callbacks: Sequence["Callback | Callable[[dict[str, Any]], Any]"] = (), progress: bool | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> None:
         self.params = list(parameters)
         if not self.params or not all(isinstance(p, Variable) and p.requires_grad for p in self.params):
@@ -123,7 +125,7 @@ class Search:
         self.target, self.patience, self.perfect = target, patience, perfect
         self.concurrency, self.seed = concurrency, seed
         self.run_dir, self.resume = (Path(run_dir) if run_dir is not None else None), resume
-        self.callbacks, self.progress = list(callbacks), progress
+        self.callbacks, self.progress, self.extra_spec = list(callbacks), progress, dict(spec or {})
         self.run: "Run | None" = None
         self._fingerprints = {"train_fingerprint": _fingerprint(self.train), "val_fingerprint": _fingerprint(self.val)}
         self.state = SearchState(seed)
@@ -143,7 +145,7 @@ class Search:
         if self.progress or (self.progress is None and sys.stderr.isatty()):
             callbacks.append(Progress(bar=self.progress, desc="search"))
         budgets = Budgets(tokens=self.budget_tokens, usd=self.budget_usd, metric_calls=self.budget)
-        with Run(self.run_dir, kind="search", spec=self._spec(), budgets=budgets, callbacks=callbacks, resume=self.resume) as run:
+        with Run(self.run_dir, kind="search", spec={**self._spec(), **self.extra_spec}, budgets=budgets, callbacks=callbacks, resume=self.resume) as run:
             self.run = run
             state = run.load_checkpoint(apply=lambda s: [Candidate.from_dict(c) for c in s["pool"]]) if self.resume else None
             self.state = SearchState(self.seed)
@@ -160,8 +162,14 @@ class Search:
                     if self.state.stopped is None:
                         await self._tracked(self._iterate)
             except BudgetExceeded as exc:  # an engine's own token budget: stop at the last completed iteration
+                if not self.state.pool:
+                    raise
                 self.state.stopped = "budget_engine"
                 run.log({"event": "budget", "message": str(exc)})
+            except BaseException:  # interrupted or failed: the parameters still end on the best candidate so far
+                if self.state.pool:
+                    self._apply(self.state.best().values)
+                raise
             result = self.result()
             self._apply(result.best)
             self._checkpoint()
