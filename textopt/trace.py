@@ -4,15 +4,14 @@ A traced function is called with Variables and/or plain values; its body gets pl
 result comes back as a Variable whose parents are the Variable arguments (plus the code Variable when
 the function is trainable). Nothing is registered anywhere: the graph is only the Variables' parents.
 
-Trainable code runs with a time limit. We run it in a fresh daemon thread, in-process (so it can use
-module globals, engines and other traced functions as usual) and wait at most `timeout` seconds. When
-time is up, the call becomes an error node at once, and the thread is stopped by raising an exception
-into it (CPython's PyThreadState_SetAsyncExc, repeated until it unwinds): this ends pure-Python loops,
-which is what an LLM-written infinite loop is. A thread blocked inside C (a long `time.sleep`, a socket
-read) can't be interrupted this way; it is abandoned (daemon) and dies when it returns to Python.
-A subprocess would be killable in every case, but it would need picklable arguments and results, would
-lose the function's globals, engines and caches, and costs tens of milliseconds per call; we chose the
-thread and document the C-blocking gap instead. No sys.settrace, no frame inspection.
+Trainable code runs isolated by default (`isolation="process"`): in a warm worker process, with a
+wall-clock limit covering compile and call, a memory limit and no secret environment variables (see
+textopt/sandbox.py, which also says what the code sees and what it does not protect against). Exits,
+interrupts, crashes, hangs and memory blow-ups of code an optimizer wrote become error nodes.
+`isolation="thread"` runs it in-process instead, in a fresh daemon thread with the time limit: when time
+is up the thread is stopped by raising an exception into it (CPython's PyThreadState_SetAsyncExc,
+repeated until it unwinds), which ends pure-Python loops but not a thread blocked inside C, nor a loop
+that catches BaseException. `isolation="none"` calls it directly. No sys.settrace, no frame inspection.
 """
 from __future__ import annotations
 
@@ -25,11 +24,14 @@ import itertools
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .engines.base import Engine
 from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .variable import Variable, as_text
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 #: Default time limit (seconds) for one call of trainable code.
 DEFAULT_TIMEOUT = 5.0
@@ -285,6 +287,11 @@ class TracedCall(Function):
     def forward_sync(self, ctx: OpContext, *inputs: Variable) -> Any:
         fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
         try:  # trainable code is compiled inside the time limit too (its module-level statements run then)
+            if fn.isolation not in ("thread", "none"):
+                from .sandbox import run_isolated
+
+                return run_isolated(fn.fn, name=fn.name, source=ctx.saved["source"], is_async=fn.is_async, args=args,
+                                    kwargs=kwargs, timeout=fn.timeout, sandbox=fn.isolation)
             if fn.timeout is not None:
                 return run_limited(lambda: fn._body()(*args, **kwargs), fn.timeout, fn.name)
             return fn._body()(*args, **kwargs)
@@ -294,6 +301,11 @@ class TracedCall(Function):
     async def forward(self, ctx: OpContext, *inputs: Variable) -> Any:
         fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
         try:
+            if fn.isolation not in ("thread", "none"):
+                from .sandbox import arun_isolated
+
+                return await arun_isolated(fn.fn, name=fn.name, source=ctx.saved["source"], is_async=fn.is_async,
+                                           args=args, kwargs=kwargs, timeout=fn.timeout, sandbox=fn.isolation)
             if fn.timeout is not None:
                 if fn.is_async:
                     return await arun_limited(lambda: asyncio.run(fn._body()(*args, **kwargs)), fn.timeout, fn.name)
@@ -356,6 +368,7 @@ class Traced:
         description: str | None = None,
         trainable: bool = False,
         timeout: float | None = None,
+        isolation: str | Sandbox | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@trace decorates a function, got {type(fn).__name__}")
@@ -367,7 +380,12 @@ class Traced:
         self.name = name or fn.__name__
         self.description = (description or inspect.getdoc(fn) or "").strip()
         self.trainable = trainable
-        self.timeout = timeout if timeout is not None else (DEFAULT_TIMEOUT if trainable else None)
+        if trainable or isolation is not None:
+            from .sandbox import check_isolation
+
+            isolation = check_isolation(isolation, trainable=trainable, timeout=timeout)
+        self.isolation = isolation or "none"  # "process" | a Sandbox | "thread" | "none"
+        self.timeout = timeout if timeout is not None else (DEFAULT_TIMEOUT if trainable and self.isolation != "none" else None)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         simple = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -484,7 +502,7 @@ class Traced:
     # -- error text -------------------------------------------------------------------------
     def _annotate(self, exc: BaseException, source: str | None) -> str:
         """The exception, and the function's code with the failing line marked `>>`."""
-        frames = traceback.extract_tb(exc.__traceback__)
+        frames = getattr(exc, "textopt_frames", None) or traceback.extract_tb(exc.__traceback__)  # set by the sandbox
         compiled_name = f"<textopt-code:{self.name}>"
         line_in_source: int | None = None
         deeper: list[str] = []
@@ -520,12 +538,15 @@ def trace(
     description: str | None = None,
     trainable: bool = False,
     timeout: float | None = None,
+    isolation: str | Sandbox | None = None,
 ) -> Any:
     """Record every call of a Python function in the graph. `@trace`, or `@trace(name=, description=,
     trainable=, timeout=)`. trainable=True makes the source code a Variable an optimizer can rewrite;
-    its calls then run with a time limit (`timeout` seconds, default DEFAULT_TIMEOUT)."""
+    its calls then run with a time limit (`timeout` seconds, default DEFAULT_TIMEOUT) in a worker process
+    (`isolation="process"`, or a textopt.sandbox.Sandbox for other limits); `isolation="thread"` or `"none"`
+    runs them in this process (see textopt/sandbox.py for what each protects against)."""
     def wrap(f: Callable[..., Any]) -> Traced:
-        return Traced(f, name=name, description=description, trainable=trainable, timeout=timeout)
+        return Traced(f, name=name, description=description, trainable=trainable, timeout=timeout, isolation=isolation)
 
     if fn is None:
         return wrap
