@@ -184,3 +184,19 @@ def test_memory_window_is_shared_and_bounded():
     assert [s.values["p"] for s in opt.past] == ["v2", "v3"] and opt.window("p") == [("v2", "feedback 2"), ("v3", "feedback 3")]
     with pytest.raises(ValueError, match="memory"):
         to.TGD([p], memory=-1)
+
+
+# -- on the real model: properties that hold on every run ---------------------------------------------
+@pytest.mark.local
+def test_tgd_step_on_the_local_model_changes_the_value_or_records_why_not(local_engine):
+    p = to.Variable("Answer.", role="system prompt of a math assistant", requires_grad=True, name="sys")
+    opt = to.TGD([p], engine=local_engine, max_tokens=120)
+    opt.backward(p, "The answers must end with the final number alone on the last line.")
+    before = len(local_engine.history)
+    report = opt.step()
+    assert len(local_engine.history) - before <= 4  # ask (+ repair), and at most one re-ask (+ repair)
+    assert report.changed or report.failures
+    if report.changed:
+        assert p.value != "Answer." and p.value.strip() and p.value.encode("utf-8")
+    else:
+        assert p.value == "Answer." and all(f.kind and f.error for f in report.failures)
