@@ -166,7 +166,8 @@ class Optimizer:
                       rejected: dict[str, list[str]]) -> Mapping[Variable | str, Proposal | BaseException]:
         """New values for (some of) `params` from the feedback collected. Keys are parameters (or names as
         the model wrote them); a value that is an exception is recorded as that parameter's failure.
-        rejected: name -> values already proposed this step that changed nothing (tell the model)."""
+        rejected: name -> values already proposed this step and not kept, e.g. the current value repeated (tell
+        the model, and ask for something different)."""
         raise NotImplementedError
 
     # -- 3. applying proposals ----------------------------------------------------------------
