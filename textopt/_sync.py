@@ -1,41 +1,137 @@
-"""Run a coroutine from sync code, also inside a notebook whose event loop is already running.
+"""One long-lived textopt event loop, in a daemon thread, behind every sync entry point.
 
-The async path is the real one; every sync entry point goes through `run_sync`.
+The async path is the real one. `run_sync` submits a coroutine to the textopt loop and blocks for its result,
+so a script, a worker thread and a notebook (whose own loop is already running) all behave the same: every
+sync call lands on the same loop, where engines keep one client, one connection pool and one concurrency
+limit for their whole life. The loop starts on first use, never at import, and again after a fork.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
+import os
 import threading
 from typing import Any, Coroutine, TypeVar
 
 T = TypeVar("T")
 
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+_pid: int | None = None
+
+
+class LoopReentryError(RuntimeError):
+    """A sync textopt call was made on the textopt loop's own thread, where blocking would deadlock."""
+
+
+def textopt_loop() -> asyncio.AbstractEventLoop:
+    """The textopt event loop, started (in a daemon thread named "textopt-loop") on first use."""
+    global _loop, _thread, _pid
+    loop, thread = _loop, _thread
+    if loop is not None and thread is not None and thread.is_alive() and _pid == os.getpid():
+        return loop
+    with _lock:
+        if _loop is None or _thread is None or not _thread.is_alive() or _pid != os.getpid():
+            new = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(new)
+                new.call_soon(started.set)
+                new.run_forever()
+
+            thread = threading.Thread(target=serve, name="textopt-loop", daemon=True)
+            thread.start()
+            started.wait()
+            _loop, _thread, _pid = new, thread, os.getpid()
+        return _loop
+
+
+def on_textopt_loop() -> bool:
+    """True when called from the textopt loop's own thread."""
+    return _thread is not None and _pid == os.getpid() and threading.current_thread() is _thread
+
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion and return its result.
+    """Run `coro` on the textopt loop, with the caller's contextvars, and block until it is done.
 
-    Without a running loop this is `asyncio.run`. With one (Jupyter, IPython), the coroutine runs
-    on a fresh loop in a helper thread, with the caller's contextvars, and this call blocks until
-    it is done: no nest_asyncio patching, and the notebook's own loop is never re-entered.
+    Works from any thread, with or without a running loop of the caller's own (Jupyter, IPython).
+    Ctrl-C (or any BaseException while waiting) cancels the coroutine and waits for it to wind down.
+    From inside the textopt loop's thread this raises LoopReentryError: blocking there would deadlock;
+    async code there must `await` the async form (e.g. `acomplete`, `acall`, `abackward`, `astep`) instead.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-
+    if on_textopt_loop():
+        coro.close()
+        raise LoopReentryError(
+            "a sync textopt call (e.g. engine.complete, llm(x), loss.backward(), optimizer.step()) was made on "
+            "the textopt event loop's own thread, where waiting for it would deadlock; from async code, await "
+            "the async form instead (acomplete, acall, abackward, astep)"
+        )
+    loop = textopt_loop()
     ctx = contextvars.copy_context()
-    box: dict[str, Any] = {}
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    tasks: list[asyncio.Task[Any]] = []
 
-    def target() -> None:
-        try:
-            box["value"] = ctx.run(asyncio.run, coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
+    def start() -> None:
+        task = loop.create_task(_guarded(coro), context=ctx)
+        tasks.append(task)
+        task.add_done_callback(lambda t: _settle(t, done))
 
-    thread = threading.Thread(target=target, name="textopt-run-sync", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    loop.call_soon_threadsafe(start)
+    try:
+        ok, value = done.result()
+    except BaseException:
+        if not done.done():  # interrupted while waiting: cancel the work and give it a moment to wind down
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks])
+            with contextlib.suppress(BaseException):  # a second Ctrl-C stops the waiting
+                concurrent.futures.wait([done], timeout=30)
+        raise
+    if not ok:
+        raise value
+    return value
+
+
+async def run_on_textopt_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Await `coro` on the textopt loop from any loop: directly when already there, else handed over (with
+    the caller's contextvars) and awaited without blocking the caller's loop. Cancelling the caller cancels it."""
+    loop = textopt_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return await coro
+    # call_soon_threadsafe (inside run_coroutine_threadsafe) runs the task in a copy of this context
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+async def _guarded(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
+    """KeyboardInterrupt/SystemExit escaping a task would stop the loop itself: carry them to the caller."""
+    try:
+        return True, await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return False, exc
+
+
+def _settle(task: asyncio.Task[Any], done: concurrent.futures.Future[Any]) -> None:
+    if done.done():
+        return
+    if task.cancelled():
+        done.cancel()
+        done.set_running_or_notify_cancel()
+    elif task.exception() is not None:
+        done.set_exception(task.exception())
+    else:
+        done.set_result(task.result())
+
+
+def _after_fork() -> None:
+    global _loop, _thread, _pid
+    _loop, _thread, _pid = None, None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -11,7 +11,28 @@ class GraphError(TextoptError):
 
 
 class EngineError(TextoptError):
-    """A provider call failed for good (after retries where retrying made sense)."""
+    """A provider call failed for good (after retries where retrying made sense).
+
+    The message is scrubbed of keys and URL credentials, and the provider's exception is not chained
+    (it may echo the key): `cause_type`, `status_code` and `transient` say what it was.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        cause_type: str | None = None,
+        status_code: int | None = None,
+        transient: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.cause_type = cause_type
+        self.status_code = status_code
+        self.transient = transient
+
+
+class EngineAuthError(EngineError):
+    """The provider refused the credentials (401/403): every further call would fail the same way."""
 
 
 class BudgetExceeded(TextoptError):

@@ -1,56 +1,76 @@
 """The engine contract: one request/response model, an async path that is the real one, a sync wrapper.
 
-Every provider implements `_acomplete`. The base class owns what must be the same everywhere:
-the concurrency limit, the disk cache, retries with backoff on transient errors only, token
-usage, a bounded history, and an optional token budget.
+Every provider implements `_acomplete`. The base class owns what must be the same everywhere: the disk
+cache, one provider call for identical requests in flight, the concurrency limit, time limits, retries
+with backoff on transient errors only, token and dollar usage, a bounded history, and budgets.
+
+Every provider call runs on the one textopt event loop (`textopt._sync`): sync callers submit to it, and
+async callers on their own loops hand their calls over to it. So an engine has one client, one connection
+pool and one `max_concurrency` limit for its life, whoever calls it and from whichever thread.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import copy
-import weakref
+import dataclasses
+import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
-from .._sync import run_sync
-from ..errors import BudgetExceeded, EngineError
+from .._sync import run_on_textopt_loop, run_sync
+from ..errors import BudgetExceeded
+from . import pricing
 from .cache import DiskCache, cache_key
+from .inflight import InFlight
+from .retry import call_with_retries
 from .usage import Usage, active_trackers
 
 Message = dict[str, str]
+_account_lock = threading.Lock()
 
 
 @dataclass
 class Completion:
-    """What an engine returns: the text, the tokens it cost, and whether the cache served it."""
+    """What an engine returns: the text, the tokens and dollars it cost, and whether the cache served it.
+
+    cost_usd is None when the model's price is unknown (cached replies cost 0).
+    """
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
     model: str = ""
+    cost_usd: float | None = None
 
 
 @dataclass
 class Request:
-    """What was asked: chat messages plus the options that change the answer."""
+    """What was asked: chat messages plus the options that change the answer.
+
+    timeout is set per attempt by the retry policy (seconds this attempt may take); it never enters the cache key.
+    """
 
     messages: list[Message]
     json_schema: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
 
 
 class Engine:
     """Base class of every engine. Subclasses set `kind` and implement `_acomplete`.
 
-    max_concurrency bounds the calls in flight per event loop; cache is True (default folder),
-    False (off), a path, or a DiskCache; budget_tokens stops further calls once spent.
+    max_concurrency bounds the calls in flight across all callers (sync, async, any thread); cache is True
+    (default folder), False (off), a path, or a DiskCache. timeout bounds one attempt and max_time all
+    attempts and backoff waits together (seconds; None: no limit). budget_tokens / budget_usd stop further
+    calls with BudgetExceeded once spent.
     """
 
     kind: ClassVar[str] = "base"
     #: True when `_acomplete` enforces `json_schema` on the reply (grammar or structured outputs).
     supports_json_schema: ClassVar[bool] = False
+    #: True for engines that cost nothing per call (local models, scripts): their calls are priced $0.
+    free: ClassVar[bool] = False
     #: Exceptions worth retrying are decided by `is_transient`; everything else fails at once.
     retries: int = 4
 
@@ -62,13 +82,19 @@ class Engine:
         cache: bool | str | DiskCache = True,
         retries: int | None = None,
         retry_wait: float = 1.0,
+        timeout: float | None = None,
+        max_time: float | None = None,
         temperature: float = 0.0,
         max_tokens: int | None = None,
         budget_tokens: int | None = None,
+        budget_usd: float | None = None,
         history_size: int = 1000,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        for name, value in (("timeout", timeout), ("max_time", max_time)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
         self.model = model
         self.max_concurrency = max_concurrency
         if cache is True:
@@ -82,14 +108,16 @@ class Engine:
         if retries is not None:
             self.retries = retries
         self.retry_wait = retry_wait
+        self.timeout = timeout
+        self.max_time = max(max_time, timeout) if max_time is not None and timeout is not None else max_time
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.budget_tokens = budget_tokens
+        self.budget_usd = budget_usd
         self.usage = Usage()
         self.history: collections.deque[tuple[Request, Completion]] = collections.deque(maxlen=history_size)
-        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._inflight: InFlight[Completion] = InFlight()
+        self._semaphore: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     # -- what subclasses implement ------------------------------------------------------------
     async def _acomplete(self, request: Request) -> Completion:
@@ -102,6 +130,14 @@ class Engine:
     def cache_identity(self) -> dict[str, Any]:
         """What, besides the request, decides the answer (never a secret)."""
         return {"kind": self.kind, "model": self.model}
+
+    def secrets(self) -> list[str]:
+        """Configured credentials to mask in errors (environment keys are masked anyway)."""
+        return []
+
+    def price_models(self, completion: Completion) -> list[str]:
+        """Names to look the price up under in litellm's cost map, best first."""
+        return [completion.model, self.model]
 
     # -- the public entry points --------------------------------------------------------------
     async def acomplete(
@@ -122,21 +158,47 @@ class Engine:
         key = None
         if self.cache is not None:
             key = cache_key({**self.cache_identity(), "messages": msgs, "json_schema": json_schema, "options": opts})
-            hit = self.cache.get(key)
-            if hit is not None and isinstance(hit.get("text"), str):
-                completion = Completion(
-                    text=hit["text"],
-                    prompt_tokens=int(hit.get("prompt_tokens", 0)),
-                    completion_tokens=int(hit.get("completion_tokens", 0)),
-                    cached=True,
-                    model=hit.get("model", self.model),
-                )
-                self._account(request, completion)
-                return completion
+            hit = self._cached(key)
+            if hit is not None:
+                self._account(request, hit)
+                return hit
 
-        self._check_budget()
-        async with self._semaphore():
-            completion = await self._with_retries(request)
+        await self._check_budget()
+        completion = await run_on_textopt_loop(self._provider_call(request, key))
+        self._account(request, completion)
+        return completion
+
+    def complete(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None, **options: Any) -> Completion:
+        """Sync wrapper of `acomplete`: runs on the textopt loop (from any thread, notebooks included)."""
+        return run_sync(self.acomplete(messages, json_schema=json_schema, **options))
+
+    # -- internals (the provider side runs on the textopt loop) ------------------------------
+    def _cached(self, key: str) -> Completion | None:
+        assert self.cache is not None
+        hit = self.cache.get(key)
+        if hit is None or not isinstance(hit.get("text"), str):
+            return None
+        return Completion(
+            text=hit["text"],
+            prompt_tokens=int(hit.get("prompt_tokens", 0)),
+            completion_tokens=int(hit.get("completion_tokens", 0)),
+            cached=True,
+            model=hit.get("model", self.model),
+            cost_usd=0.0,
+        )
+
+    async def _provider_call(self, request: Request, key: str | None) -> Completion:
+        if key is None:
+            return await self._fresh(request, None)
+        completion, shared = await self._inflight.run(key, lambda: self._fresh(request, key))
+        if shared:  # another caller's identical request paid for it: like a cache hit
+            return dataclasses.replace(completion, cached=True, cost_usd=0.0)
+        return completion
+
+    async def _fresh(self, request: Request, key: str | None) -> Completion:
+        async with self._loop_semaphore():
+            completion = await call_with_retries(self, request)
+        completion.cost_usd = await self._cost(completion)
         if key is not None and self.cache is not None:
             self.cache.set(
                 key,
@@ -147,62 +209,47 @@ class Engine:
                     "model": completion.model,
                 },
             )
-        self._account(request, completion)
         return completion
 
-    def complete(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None, **options: Any) -> Completion:
-        """Sync wrapper of `acomplete` (works inside a running event loop too)."""
-        return run_sync(self.acomplete(messages, json_schema=json_schema, **options))
-
-    # -- internals ----------------------------------------------------------------------------
-    def _semaphore(self) -> asyncio.Semaphore:
+    def _loop_semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
-        sem = self._semaphores.get(loop)
-        if sem is None:
-            sem = asyncio.Semaphore(self.max_concurrency)
-            self._semaphores[loop] = sem
-        return sem
+        if self._semaphore is None or self._semaphore[0] is not loop:  # a new textopt loop only after a fork
+            self._semaphore = (loop, asyncio.Semaphore(self.max_concurrency))
+        return self._semaphore[1]
 
-    async def _with_retries(self, request: Request) -> Completion:
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+    async def _cost(self, completion: Completion) -> float | None:
+        if self.free:
+            return 0.0
+        if not pricing.loaded():  # the first lookup imports litellm: keep the loop free meanwhile
+            await asyncio.to_thread(pricing.cost_map)
+        return pricing.cost_usd(self.price_models(completion), completion.prompt_tokens, completion.completion_tokens)
 
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(self.is_transient),
-                stop=stop_after_attempt(self.retries + 1),
-                wait=wait_exponential(multiplier=self.retry_wait, max=30 * self.retry_wait) + wait_random(0, self.retry_wait),
-                reraise=True,
-            ):
-                with attempt:
-                    return await self._acomplete(copy.deepcopy(request))
-        except EngineError:
-            raise
-        except Exception as exc:
-            transient = self.is_transient(exc)
-            what = f"after {self.retries + 1} attempts" if transient else "(not retried: the same request would fail again)"
-            raise EngineError(
-                f"{self.kind} engine {self.model!r} failed {what}: {type(exc).__name__}: {exc}. "
-                + (
-                    "The provider looks unavailable; check the server or try again later. Nothing was lost: "
-                    "variables keep their last good values."
-                    if transient
-                    else "Check the model name, credentials and request options."
-                )
-            ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _check_budget(self) -> None:
+    async def _check_budget(self) -> None:
         if self.budget_tokens is not None and self.usage.total_tokens >= self.budget_tokens:
             raise BudgetExceeded(
                 f"token budget of {self.budget_tokens} reached on {self.kind} engine {self.model!r} "
                 f"({self.usage.total_tokens} spent); raise budget_tokens to go on"
             )
+        if self.budget_usd is None or self.free:
+            return
+        if not pricing.loaded():
+            await asyncio.to_thread(pricing.cost_map)
+        if not self.usage.cost_known or pricing.cost_usd([self.model], 0, 0) is None:
+            raise BudgetExceeded(
+                f"budget_usd={self.budget_usd} can't be held on {self.kind} engine {self.model!r}: litellm's cost "
+                "map has no price for this model; use budget_tokens instead"
+            )
+        if self.usage.cost_usd >= self.budget_usd:
+            raise BudgetExceeded(
+                f"dollar budget of ${self.budget_usd:g} reached on {self.kind} engine {self.model!r} "
+                f"(${self.usage.cost_usd:.4f} spent); raise budget_usd to go on"
+            )
 
     def _account(self, request: Request, completion: Completion) -> None:
-        for usage in (self.usage, *active_trackers()):
-            usage.add(completion.prompt_tokens, completion.completion_tokens, completion.cached)
+        with _account_lock:  # callers on several threads may finish at once
+            for usage in (self.usage, *active_trackers()):
+                usage.add(completion.prompt_tokens, completion.completion_tokens, completion.cached, completion.cost_usd)
         self.history.append((request, completion))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
-

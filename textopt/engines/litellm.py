@@ -1,37 +1,42 @@
 """Any provider litellm knows. litellm is imported only when this engine is built."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from ..secrets import scrub_url
 from .base import Completion, Engine, Request
-
-
-def _import_litellm() -> Any:
-    # Use the cost map shipped in the package: no network fetch at import.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
-    litellm.telemetry = False
-    litellm.suppress_debug_info = True
-    return litellm
+from .openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
+from .pricing import import_litellm
 
 
 class LiteLLMEngine(Engine):
     """`litellm.acompletion` with our retries (litellm's own are off). Extra kwargs (api_base, api_key)
-    are passed through to litellm on every call and never enter the cache key."""
+    are passed through to litellm on every call and never enter the cache key. timeout (s, per attempt)
+    and max_time (s, all attempts) default to 60 and 110."""
 
     kind = "litellm"
     supports_json_schema = True
 
-    def __init__(self, model: str, *, api_base: str | None = None, api_key: str | None = None, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
-        self._litellm = _import_litellm()
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_time: float | None = DEFAULT_MAX_TIME,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, timeout=timeout, max_time=max_time, **kwargs)
+        self._litellm = import_litellm()
         self.api_base = api_base
         self._api_key = api_key
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
+        return {"kind": self.kind, "model": self.model, "api_base": scrub_url(self.api_base)}
+
+    def secrets(self) -> list[str]:
+        return [self._api_key] if self._api_key else []
 
     def is_transient(self, exc: BaseException) -> bool:
         ll = self._litellm
@@ -53,18 +58,27 @@ class LiteLLMEngine(Engine):
             return status >= 500 or status == 429
         return super().is_transient(exc)
 
-    async def _acomplete(self, request: Request) -> Completion:
+    def _kwargs(self, request: Request) -> dict[str, Any]:
         kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if v is not None}
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self._api_key:
             kwargs["api_key"] = self._api_key
+        if request.timeout is not None:
+            kwargs["timeout"] = request.timeout
         if request.json_schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
             }
-        resp = await self._litellm.acompletion(model=self.model, messages=request.messages, num_retries=0, **kwargs)
+        return kwargs
+
+    async def _acomplete(self, request: Request) -> Completion:
+        resp = await self._litellm.acompletion(model=self.model, messages=request.messages, num_retries=0,
+                                               **self._kwargs(request))
+        return self._completion(resp)
+
+    def _completion(self, resp: Any) -> Completion:
         text = resp.choices[0].message.content or ""
         usage = getattr(resp, "usage", None)
         return Completion(

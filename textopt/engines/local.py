@@ -40,10 +40,13 @@ def smollm2_path() -> Path:
 
 class LocalEngine(Engine):
     """llama.cpp in this process. One call at a time (the model is not thread-safe); calls run in a
-    worker thread so the event loop stays free. n_ctx defaults to the model's 8k window."""
+    worker thread so the event loop stays free. n_ctx defaults to the model's 8k window. Calls cost $0.
+    timeout= (default None) stops waiting for a reply; llama.cpp can't be interrupted, so the next call
+    starts once the abandoned one has finished."""
 
     kind = "local"
     supports_json_schema = True
+    free = True
 
     def __init__(
         self,

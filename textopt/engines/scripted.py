@@ -18,10 +18,11 @@ class ScriptedEngine(Engine):
 
     latency (seconds) is slept per call, inside the concurrency limit, so that scheduling can be
     measured. `.calls` holds every request's messages; `.requests` the full requests. A reply that
-    is an Exception instance is raised instead of returned (to script outages).
+    is an Exception instance is raised instead of returned (to script outages). Calls cost $0.
     """
 
     kind = "scripted"
+    free = True
 
     def __init__(self, reply: Reply = "", *, latency: float = 0.0, model: str = "scripted", **kwargs: Any) -> None:
         kwargs.setdefault("cache", False)

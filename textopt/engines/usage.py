@@ -4,37 +4,50 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @dataclass
 class Usage:
-    """Tokens and calls. `cached_calls` were served from the cache and cost nothing."""
+    """Tokens, calls and dollars. `cached_calls` were served from the cache and cost nothing.
+
+    cost_usd sums the calls whose price is known (litellm's cost map; local and scripted models are $0);
+    cost_known turns False once a call's price was unknown, so cost_usd is then a lower bound.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
     cached_calls: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, cached: bool, cost_usd: float | None = 0.0) -> None:
+        """Count one call; `cost_usd=None` means its price is unknown."""
         if cached:
             self.cached_calls += 1
             return
         self.calls += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        if cost_usd is None:
+            self.cost_known = False
+        else:
+            self.cost_usd += cost_usd
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "calls": self.calls,
             "cached_calls": self.cached_calls,
+            "cost_usd": self.cost_usd,
+            "cost_known": self.cost_known,
         }
 
 

@@ -1,0 +1,216 @@
+"""Engine policy against real HTTP on 127.0.0.1: time limits for every engine, secrets kept out of errors,
+dollar cost from litellm's cost map, and dollar budgets."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import textopt as to
+from textopt.engines.openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
+from textopt.secrets import scrub
+
+ROOT = Path(__file__).resolve().parents[1]
+MSG = [{"role": "user", "content": "hi"}]
+KEY = "sk-policy-FAKE-8c1e55aa90-DO-NOT-LEAK"
+
+
+class FakeOpenAI:
+    """A chat-completions server: `status` for every request (the error body echoes the Authorization
+    header, as some proxies do), `hang` seconds before answering, `model` named in the reply."""
+
+    def __init__(self, *, status: int = 200, hang: float = 0.0, model: str = "m") -> None:
+        self.status, self.hang, self.model, self.hits = status, hang, model, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.hits += 1
+                if outer.hang:
+                    time.sleep(outer.hang)
+                if outer.status == 200:
+                    body = {"id": "x", "object": "chat.completion", "created": 0, "model": outer.model,
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": "hello"}}],
+                            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}}
+                else:
+                    echo = f"invalid credentials: {self.headers.get('authorization', '')}"
+                    body = {"error": {"message": echo, "type": "invalid_request_error"}}
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(outer.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the client gave up (timeout test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- time limits ------------------------------------------------------------------------------------
+def test_remote_defaults_fail_in_under_two_minutes():
+    eng = to.get_engine("openai:m", base_url="http://127.0.0.1:9/v1", cache=False)
+    worst_backoff = sum(min(eng.retry_wait * 2 ** i, 30 * eng.retry_wait) + eng.retry_wait for i in range(eng.retries))
+    assert eng.timeout == DEFAULT_TIMEOUT and eng.max_time == DEFAULT_MAX_TIME
+    # max_time bounds attempts and waits together (checked in the next test); without it this would be
+    # timeout x attempts + backoff
+    assert eng.max_time + 1 < 120 and eng.timeout <= eng.max_time
+    assert eng.timeout * (eng.retries + 1) + worst_backoff > 120  # so max_time really is what holds
+
+
+def test_hanging_server_fails_within_max_time():
+    with FakeOpenAI() as ok:  # the SDK's one-time lazy imports happen on the first request: not timed here
+        to.get_engine("openai:m", base_url=ok, cache=False).complete(MSG)
+    with FakeOpenAI(hang=30) as base:
+        eng = to.get_engine("openai:m", base_url=base, api_key=KEY, cache=False, timeout=0.4, max_time=1.5,
+                            retries=10, retry_wait=0.05)
+        start = time.perf_counter()
+        with pytest.raises(to.EngineError, match="attempts in") as err:
+            eng.complete(MSG)
+        took = time.perf_counter() - start
+    assert 1.2 < took < 3.0, took
+    assert err.value.transient is True
+
+
+def test_every_engine_takes_a_timeout():
+    slow = to.get_engine("scripted", reply="late", latency=5.0, timeout=0.2, retries=1, retry_wait=0.0)
+    start = time.perf_counter()
+    with pytest.raises(to.EngineError, match="no reply within 0.2 s"):
+        slow.complete(MSG)
+    assert time.perf_counter() - start < 1.5 and len(slow.calls) == 2
+    lite = to.get_engine("litellm:openai/m", api_base="http://127.0.0.1:9/v1", api_key="k", timeout=1.5, cache=False)
+    assert lite.timeout == 1.5
+    with pytest.raises(ValueError, match="timeout"):
+        to.get_engine("scripted", timeout=0)
+
+
+def test_litellm_timeout_is_honoured_against_a_hanging_server():
+    with FakeOpenAI(hang=30) as base:
+        eng = to.get_engine("litellm:openai/m", api_base=base, api_key=KEY, timeout=0.5, max_time=1.5,
+                            retry_wait=0.05, cache=False)
+        start = time.perf_counter()
+        with pytest.raises(to.EngineError) as err:
+            eng.complete(MSG)
+    assert time.perf_counter() - start < 4.0
+    assert KEY not in str(err.value)
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+def _everything_said(err: BaseException) -> str:
+    return "".join(traceback.format_exception(err)) + repr(err) + repr(vars(err))
+
+
+@pytest.mark.parametrize("spec, key_arg", [("openai:m", "api_key"), ("litellm:openai/m", "api_key")])
+def test_a_key_echoed_by_the_server_never_reaches_the_error(spec, key_arg):
+    with FakeOpenAI(status=401) as base:
+        where = {"base_url": base} if spec.startswith("openai") else {"api_base": base}
+        eng = to.get_engine(spec, **where, **{key_arg: KEY}, cache=False, retry_wait=0.01)
+        with pytest.raises(to.EngineError) as err:
+            eng.complete(MSG)
+    said = _everything_said(err.value)
+    assert KEY not in said and KEY[-12:] not in said
+    assert err.value.__cause__ is None and err.value.__context__ is None
+    assert isinstance(err.value, to.errors.EngineAuthError) and err.value.status_code == 401
+    assert "not retried" in str(err.value)
+
+
+def test_credentials_in_the_base_url_never_reach_the_error(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-from-env-0123456789")
+    with FakeOpenAI(status=400) as base:
+        cred_base = base.replace("http://", "http://alice:hunter2pw@")
+        eng = to.get_engine("openai:m", base_url=cred_base, cache=False)
+        with pytest.raises(to.EngineError) as err:
+            eng.complete(MSG)
+    said = _everything_said(err.value)
+    assert "hunter2pw" not in said and "alice:" not in said
+
+
+def test_scrub_masks_env_secrets_configured_keys_and_url_credentials(monkeypatch):
+    monkeypatch.setenv("ACME_API_KEY", "acme-0123456789abcdef")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # short values are not secrets worth masking
+    text = ("key acme-0123456789abcdef, cfg my-configured-key-42, url https://bob:s3cr3t@h.example/v1, "
+            "header Bearer abc.def-ghi, sk-abcdefghijklmnopqrstuv, false")
+    out = scrub(text, extra=["my-configured-key-42", None])
+    for secret in ("acme-0123456789abcdef", "my-configured-key-42", "bob:s3cr3t", "abc.def-ghi", "sk-abcdefghij"):
+        assert secret not in out
+    assert out.endswith(", false") and "https://***@h.example/v1" in out
+
+
+# -- dollars ----------------------------------------------------------------------------------------
+def _price(model: str) -> tuple[float, float]:
+    from textopt.engines.pricing import import_litellm
+
+    entry = import_litellm().model_cost[model]
+    return entry["input_cost_per_token"], entry["output_cost_per_token"]
+
+
+def test_cost_of_a_known_model_comes_from_litellms_cost_map():
+    with FakeOpenAI(model="gpt-4o-mini") as base:
+        eng = to.get_engine("openai:gpt-4o-mini", base_url=base, api_key=KEY, cache=False)
+        with to.track_usage() as run:
+            c = eng.complete(MSG)
+            eng.complete(MSG)
+    pin, pout = _price("gpt-4o-mini")
+    assert c.cost_usd == pytest.approx(1000 * pin + 100 * pout) and c.cost_usd > 0
+    assert run.cost_usd == pytest.approx(2 * c.cost_usd) and run.cost_known
+    assert eng.usage.to_dict()["cost_usd"] == pytest.approx(2 * c.cost_usd)
+
+
+def test_unknown_models_have_unknown_cost_and_local_scripts_cost_nothing():
+    with FakeOpenAI(model="my-finetune-xyz") as base:
+        eng = to.get_engine("openai:my-finetune-xyz", base_url=base, cache=False)
+        c = eng.complete(MSG)
+    assert c.cost_usd is None and eng.usage.cost_known is False and eng.usage.cost_usd == 0
+    s = to.ScriptedEngine("x")
+    assert s.complete(MSG).cost_usd == 0.0 and s.usage.cost_known
+
+
+def test_budget_usd_stops_further_calls():
+    with FakeOpenAI(model="gpt-4o-mini") as base:
+        eng = to.get_engine("openai:gpt-4o-mini", base_url=base, api_key=KEY, cache=False, budget_usd=1e-9)
+        eng.complete(MSG)
+        with pytest.raises(to.BudgetExceeded, match="dollar budget"):
+            eng.complete(MSG)
+        unknown = FakeOpenAI(model="mystery")
+        with unknown as base2:
+            eng2 = to.get_engine("openai:mystery", base_url=base2, cache=False, budget_usd=5.0)
+            with pytest.raises(to.BudgetExceeded, match="no price"):
+                eng2.complete(MSG)
+        assert unknown.hits == 0  # refused before spending anything
+
+
+def test_litellm_is_not_imported_to_price_a_call():
+    """Pricing reads litellm's shipped cost map file; importing litellm itself would cost seconds."""
+    code = (
+        "import sys, textopt as to; from textopt.engines import pricing; to.ScriptedEngine('x').complete("
+        "[{'role': 'user', 'content': 'q'}]); assert not pricing.loaded(); "
+        "to.get_engine('openai:m', base_url='http://127.0.0.1:9/v1'); "
+        "print(pricing.cost_usd(['gpt-4o-mini'], 1000, 0) > 0, 'litellm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "True False"

@@ -1,0 +1,196 @@
+"""The one textopt event loop behind every sync call: same loop from scripts, threads and running loops;
+a clear error instead of a deadlock; max_concurrency held for every kind of caller; identical requests in
+flight sent once."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import textopt as to
+from textopt._sync import LoopReentryError, run_sync, textopt_loop
+from textopt.engines.cache import DiskCache
+
+ROOT = Path(__file__).resolve().parents[1]
+MSG = [{"role": "user", "content": "q"}]
+_var: contextvars.ContextVar[str] = contextvars.ContextVar("_var", default="unset")
+
+
+async def _where() -> tuple[str, str]:
+    await asyncio.sleep(0)
+    return threading.current_thread().name, _var.get()
+
+
+def test_no_loop_thread_at_import_and_one_after_use():
+    code = (
+        "import threading, textopt as to; names = lambda: sorted(t.name for t in threading.enumerate()); "
+        "before = names(); to.ScriptedEngine('x').complete([{'role': 'user', 'content': 'q'}]); "
+        "to.ScriptedEngine('y').complete([{'role': 'user', 'content': 'q'}]); print(before, names())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "['MainThread'] ['MainThread', 'textopt-loop']"
+
+
+def test_every_sync_call_lands_on_the_one_loop_with_the_callers_contextvars():
+    _var.set("main")
+    results = {"script": run_sync(_where())}
+
+    def in_thread() -> None:
+        _var.set("thread")
+        results["thread"] = run_sync(_where())
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+
+    async def notebook_cell() -> tuple[str, str]:  # a running loop in this thread, as in Jupyter
+        _var.set("cell")
+        return run_sync(_where())
+
+    results["running loop"] = asyncio.run(notebook_cell())
+    assert results == {
+        "script": ("textopt-loop", "main"),
+        "thread": ("textopt-loop", "thread"),
+        "running loop": ("textopt-loop", "cell"),
+    }
+    assert textopt_loop() is textopt_loop() and textopt_loop().is_running()
+
+
+def test_sync_call_on_the_loop_thread_raises_instead_of_deadlocking():
+    eng = to.ScriptedEngine("x")
+
+    async def bad() -> str:
+        return eng.complete(MSG).text  # sync call from code running on the textopt loop
+
+    box: dict[str, BaseException] = {}
+
+    def go() -> None:
+        try:
+            run_sync(bad())
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "run_sync deadlocked on the loop thread"
+    assert isinstance(box["error"], LoopReentryError) and "await the async form" in str(box["error"])
+    assert eng.calls == []
+    assert run_sync(_where())[0] == "textopt-loop"  # the loop is still fine
+
+
+def test_errors_and_system_exit_reach_the_caller_and_the_loop_survives():
+    async def boom() -> None:
+        raise KeyError("k")
+
+    async def leave() -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(KeyError):
+        run_sync(boom())
+    with pytest.raises(SystemExit):
+        run_sync(leave())
+    assert run_sync(_where())[0] == "textopt-loop"
+
+
+def test_max_concurrency_holds_for_sync_calls_from_threads():
+    eng = to.ScriptedEngine("x", latency=0.05, max_concurrency=1)
+    threads = [threading.Thread(target=lambda i=i: eng.complete([{"role": "user", "content": f"q{i}"}])) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(eng.calls) == 4 and eng.max_in_flight == 1
+
+
+def test_max_concurrency_holds_across_async_callers_on_different_loops():
+    eng = to.ScriptedEngine("x", latency=0.05, max_concurrency=2)
+
+    async def batch(tag: str) -> None:
+        await asyncio.gather(*(eng.acomplete([{"role": "user", "content": f"{tag}{i}"}]) for i in range(4)))
+
+    threads = [threading.Thread(target=lambda tag=tag: asyncio.run(batch(tag))) for tag in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(eng.calls) == 8 and eng.max_in_flight == 2
+
+
+def test_sync_user_functions_in_worker_threads_share_the_limit():
+    """The Trainer's pattern: async code runs sync user functions in threads, which call the engine sync."""
+    eng = to.ScriptedEngine("x", latency=0.05, max_concurrency=1)
+    llm = to.LLM(eng)
+
+    def user_fn(i: int) -> str:
+        return llm(to.Variable(f"question {i}", role="question")).value
+
+    async def run() -> list[str]:
+        return await asyncio.gather(*(asyncio.to_thread(user_fn, i) for i in range(4)))
+
+    assert run_sync(run()) == ["x"] * 4
+    assert eng.max_in_flight == 1
+
+
+def test_identical_requests_in_flight_make_one_provider_call(tmp_path):
+    eng = to.ScriptedEngine(lambda m: "reply to " + m[-1]["content"], latency=0.1, cache=DiskCache(tmp_path))
+
+    async def many() -> list[to.Completion]:
+        same = [eng.acomplete(MSG) for _ in range(5)]
+        other = [eng.acomplete([{"role": "user", "content": "other"}])]
+        return await asyncio.gather(*same, *other)
+
+    out = asyncio.run(many())
+    assert [c.text for c in out] == ["reply to q"] * 5 + ["reply to other"]
+    assert len(eng.calls) == 2  # one per distinct request
+    assert sorted(c.cached for c in out[:5]) == [False, True, True, True, True]
+    assert eng.usage.calls == 2 and eng.usage.cached_calls == 4
+    # sync callers in threads share a call just the same
+    threads = [threading.Thread(target=lambda: eng.complete([{"role": "user", "content": "t"}])) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(eng.calls) == 3
+
+
+def test_with_the_cache_off_identical_requests_are_separate_samples():
+    eng = to.ScriptedEngine("x", latency=0.05, cache=False)
+
+    async def many() -> None:
+        await asyncio.gather(*(eng.acomplete(MSG, temperature=0.7) for _ in range(3)))
+
+    asyncio.run(many())
+    assert len(eng.calls) == 3
+
+
+def test_cancelling_an_async_caller_cancels_its_call_on_the_textopt_loop():
+    eng = to.ScriptedEngine("x", latency=5.0)
+
+    async def impatient() -> None:
+        await asyncio.wait_for(eng.acomplete(MSG), 0.2)
+
+    start = time.perf_counter()
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(impatient())
+    deadline = time.monotonic() + 2
+    while eng._in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert eng._in_flight == 0 and time.perf_counter() - start < 2
+
+
+def test_usage_trackers_count_calls_made_in_threads_and_on_other_loops():
+    eng = to.ScriptedEngine("abcd")
+    with to.track_usage() as usage:
+        eng.complete(MSG)
+        t = threading.Thread(target=lambda: eng.complete(MSG))  # a new thread starts with a fresh context
+        t.start()
+        t.join()
+        asyncio.run(eng.acomplete(MSG))
+    assert usage.calls == 2 and eng.usage.calls == 3
