@@ -12,7 +12,6 @@ logs a StepReport (reasoning and diff) per step.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
@@ -77,6 +76,8 @@ class StepReport:
 
     def diff(self, name: str | None = None) -> str:
         """Unified diff of the changed values (one parameter, or all)."""
+        import difflib
+
         names = [name] if name is not None else list(self.changed)
         out: list[str] = []
         for n in names:
