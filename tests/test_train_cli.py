@@ -89,7 +89,9 @@ def test_json_mode_budget_stop_resume_with_new_budget_and_report(tmp_path):
     out = textopt("optimize", *ARGS, "--budget-calls", "30", "--out", str(run), "--json", cache=cache)
     assert out.returncode == 0, out.stderr
     ev = events(out.stdout)  # every line is JSON
-    assert [e["event"] for e in ev][:2] == ["start", "step"] and ev[-1]["event"] == "result"
+    kinds = [e["event"] for e in ev]
+    assert kinds[:3] == ["start", "eval", "eval"] and kinds[3] == "step" and ev[-1]["event"] == "result"
+    assert [e["name"] for e in ev[1:3]] == ["test_before", "val_step0"]  # every evaluation report is an event
     assert ev[-1]["stopped"] == "budget_calls" and ev[-1]["steps"] < 6
     saved = json.loads((run / "checkpoint.json").read_text())
     assert saved["stopped"] == "budget_calls" and saved["step"] == ev[-1]["steps"]
@@ -127,3 +129,73 @@ def test_cli_errors_are_clear(tmp_path):
     assert textopt("optimize", *ARGS[:4], "--steps", "1", "--out", str(run), cache=cache).returncode == 0
     r = textopt("optimize", *ARGS[:4], "--steps", "1", "--out", str(run), cache=cache)
     assert r.returncode == 2 and "textopt resume" in r.stderr
+
+
+def test_ctrl_c_stops_soon_and_prints_the_resume_command(tmp_path):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    env = {**os.environ, "TEXTOPT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "textopt", "optimize", *ARGS, "--out", str(run), "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        ev = json.loads(line)
+        if ev["event"] == "step" and ev["step"] > 0:
+            break
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - start < 15
+    assert err.strip().splitlines()[-1].endswith(f"continue with `textopt resume {run}`") and "Traceback" not in err
+    done = textopt("resume", str(run), "--json", cache=cache)
+    assert done.returncode == 0, done.stderr
+    assert events(done.stdout)[-1]["stopped"] == "completed"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--engine", "nope"], "unknown engine 'nope': use local"),
+    (["--engine", "openai:gpt-4o-mini"], "OPENAI_API_KEY"),
+    (["--engine", "fake", "--task", "{tmp}/nope.jsonl"], "built-in tasks: object_counting"),
+    (["--engine", "fake", "--task", "{tmp}/bad.csv"], "lacks 'question' or 'answer'"),
+    (["--engine", "local:/nope.gguf"], "no model file at /nope.gguf"),
+    (["--engine", "fake", "--steps", "-1"], "--steps must be an integer >= 0"),
+    (["--engine", "fake", "--base-url", "http://x"], "--base-url works with openai:<model>"),
+])
+def test_every_cli_mistake_is_one_line_with_the_fix(tmp_path, capsys, monkeypatch, argv, needle):
+    from textopt.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    (tmp_path / "bad.csv").write_text("q,a\n1,2\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(tmp_path / "run")]
+    assert main(["optimize", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err and "--debug" in err
+    assert not (tmp_path / "run").exists()  # nothing was created or spent
+    with pytest.raises(Exception):
+        main(["--debug", "optimize", *argv])  # --debug lets the traceback through
+    with pytest.raises(Exception):
+        main(["optimize", *argv, "--debug"])
+
+
+def test_optimize_with_search_runs_reports_and_resumes(tmp_path, capsys):
+    from textopt.cli import main
+
+    run = tmp_path / "run"
+    assert main(["optimize", "--engine", "fake", "--optimizer", "search", "--steps", "2", "--batch-size", "2",
+                 "--eval-size", "2", "--val-size", "3", "--out", str(run), "--json"]) == 0
+    result = events(capsys.readouterr().out)[-1]
+    assert result["event"] == "result" and result["optimizer"] == "search" and result["pareto"] and result["best_id"] in result["pareto"]
+    assert json.loads((run / "spec.json").read_text())["kind"] == "search"
+    assert main(["report", str(run), "--no-plot"]) == 0
+    text = capsys.readouterr().out
+    assert "Pareto front" in text and "lineage of #" in text and "test_before" in text
+    assert main(["resume", str(run), "--steps", "4"]) == 0
+    assert "search:" in capsys.readouterr().out
+
+
+def test_optimize_with_optoprime_on_the_fake_model(tmp_path, capsys):
+    from textopt.cli import main
+
+    assert main(["optimize", "--engine", "fake", "--optimizer", "optoprime", "--steps", "1", "--batch-size", "1",
+                 "--eval-size", "1", "--val-size", "1", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "with optoprime" in out and "final prompt:" in out

@@ -110,14 +110,14 @@ def make_engine(spec: str, *, base_url: str | None = None, no_cache: bool = Fals
         options["cache"] = False
     if max_tokens:
         options["max_tokens"] = max_tokens
-    if kind in ("fake", "scripted"):
-        from .engines.fake import FakeEngine
-
-        return FakeEngine(latency=latency or 0.0, **options)
     if base_url:
         if kind != "openai":
             raise ValueError(f"--base-url works with openai:<model> engines, not {spec!r} (e.g. --engine openai:my-model)")
         options["base_url"] = base_url
+    if kind in ("fake", "scripted"):
+        from .engines.fake import FakeEngine
+
+        return FakeEngine(latency=latency or 0.0, **options)
     if kind == "local":  # checked here, before a run directory exists or anything is spent
         import importlib.util
 
@@ -157,36 +157,29 @@ OPTIMIZE_DEFAULTS: dict[str, Any] = {
     "engine": "local", "backward_engine": None, "base_url": None, "task": "object_counting", "optimizer": "tgd",
     "steps": 2, "batch_size": 2, "eval_size": 6, "val_size": 3, "prompt": "You are a helpful assistant. Answer the question.",
     "seed": 0, "max_tokens": 160, "concurrency": 8, "budget_tokens": None, "budget_calls": None, "budget_usd": None,
-    "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False,
+    "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False, "budget_metric_calls": None,
+    "train_size": None,
 }
 OPTIMIZERS = ("tgd", "optoprime", "search")
 
 
-class OptimizeJob(Job):
-    """Optimize the system prompt of an LLM on a task with the Trainer; score it before and after on
-    held-out test examples; write result.json."""
+class _PromptTask(Job):
+    """What the optimize recipes share: arguments, data split, engines, the prompt Variable, forward and loss."""
 
-    def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
-                 callbacks: Sequence[Any], progress: bool | None) -> None:
+    def _setup(self, spec: RunSpec, run_dir: str | Path | None, resume: bool) -> dict[str, Any]:
         import textopt as to
         from .datasets import load, metric_for
-        from .train import Trainer
 
-        a = {**OPTIMIZE_DEFAULTS, **{k: v for k, v in spec.args.items() if v is not None or k in OPTIMIZE_DEFAULTS}}
-        for k, v in OPTIMIZE_DEFAULTS.items():
-            if a.get(k) is None:
-                a[k] = v
+        a = {**OPTIMIZE_DEFAULTS, **{k: v for k, v in spec.args.items() if v is not None}}
         for name, low in (("steps", 0), ("batch_size", 1), ("eval_size", 0), ("val_size", 0), ("concurrency", 1)):
             _int_at_least(a, name, low)
         if a["optimizer"] not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {a['optimizer']!r}")
-        if a["optimizer"] == "search":
-            raise RunError("--optimizer search needs textopt.search (candidate search), which this version does not "
-                           "have yet; use --optimizer tgd or --optimizer optoprime")
         check_new_run_dir(run_dir, resume)
-        self.spec, self.args = RunSpec(spec.recipe, a, spec.kind), a
-        n_train = max(1, a["steps"] * a["batch_size"])
-        examples = load(a["task"], n=a["eval_size"] + a["val_size"] + n_train, seed=a["seed"])
+        self.spec, self.args = RunSpec(spec.recipe, a, "search" if a["optimizer"] == "search" else "trainer"), a
+        if not a["train_size"]:  # fixed at the first build, so a resume with more steps keeps the same data
+            a["train_size"] = max(1, a["steps"] * a["batch_size"])
+        examples = load(a["task"], n=a["eval_size"] + a["val_size"] + a["train_size"], seed=a["seed"])
         if len(examples) < a["eval_size"] + a["val_size"] + 1:
             raise ValueError(f"{a['task']} has {len(examples)} examples, fewer than --eval-size {a['eval_size']} + "
                              f"--val-size {a['val_size']} + 1 for training")
@@ -199,28 +192,9 @@ class OptimizeJob(Job):
         self.prompt = to.Variable(a["prompt"], role="system prompt of an assistant that answers questions",
                                   requires_grad=True, name="system_prompt")
         self.llm = to.LLM(self.engine, system_prompt=self.prompt, max_tokens=a["max_tokens"] or 160)
-        numeric = a["task"] in ("object_counting", "arithmetic")
-        constraints = ["The prompt must ask for the final answer as a number."] if numeric else []
-        if a["optimizer"] == "optoprime":
-            self.optimizer: Any = to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints)
-        else:
-            self.optimizer = to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints)
         self.metric = metric_for(a["task"])  # label tasks score with feedback; the others by exact match
-        self.trainer = Trainer(
-            self.forward, self.loss, self.optimizer, train=self.train, val=self.val, batch_size=a["batch_size"],
-            concurrency=a["concurrency"], steps=a["steps"], budget_tokens=a["budget_tokens"],
-            budget_calls=a["budget_calls"], budget_usd=a["budget_usd"], keep_best=a["keep_best"],
-            patience=a["patience"], metric=self.metric, backward_engine=self.backward_engine, seed=a["seed"],
-            spec=self.spec.to_dict(), run_dir=run_dir, progress=progress, callbacks=callbacks)
-        if resume and run_dir is not None:
-            self.trainer.run.resume = self.trainer.resumed = True
-            self.trainer.run.load_checkpoint(self.trainer.load_state_dict)
         self.run_dir = run_dir
-
-    @property
-    def progress_note(self) -> str:
-        t = self.trainer
-        return f"resuming {t.run.dir} after step {t.global_step} of {t.total_steps}"
+        return a
 
     async def forward(self, example: Any) -> Any:
         from .variable import Variable
@@ -236,6 +210,48 @@ class OptimizeJob(Job):
             engine=self.backward_engine, max_tokens=160,
         ).acall(output)
 
+    def _result(self, before: Any, after: Any, start: float, usage: Any, run_usage: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "task": self.args["task"], "engine": self.args["engine"], "optimizer": self.args["optimizer"],
+            "accuracy_before": before and before.mean, "accuracy_after": after and after.mean,
+            "ci95_before": before and before.ci95, "ci95_after": after and after.ci95,
+            "eval_size": len(self.test), "val_size": len(self.val), "tokens": usage.to_dict(), "run_usage": dict(run_usage),
+            "seconds": round(time.perf_counter() - start, 2), "final_prompt": self.prompt.value,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+        }
+
+
+class OptimizeJob(_PromptTask):
+    """Optimize the system prompt of an LLM on a task with the Trainer (TGD or OptoPrime); score it before
+    and after on held-out test examples; write result.json."""
+
+    def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
+                 callbacks: Sequence[Any], progress: bool | None) -> None:
+        import textopt as to
+        from .train import Trainer
+
+        a = self._setup(spec, run_dir, resume)
+        numeric = a["task"] in ("object_counting", "arithmetic")
+        constraints = ["The prompt must ask for the final answer as a number."] if numeric else []
+        if a["optimizer"] == "optoprime":
+            self.optimizer: Any = to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints)
+        else:
+            self.optimizer = to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints)
+        self.trainer = Trainer(
+            self.forward, self.loss, self.optimizer, train=self.train, val=self.val, batch_size=a["batch_size"],
+            concurrency=a["concurrency"], steps=a["steps"], budget_tokens=a["budget_tokens"],
+            budget_calls=a["budget_calls"], budget_usd=a["budget_usd"], keep_best=a["keep_best"],
+            patience=a["patience"], metric=self.metric, backward_engine=self.backward_engine, seed=a["seed"],
+            spec=self.spec.to_dict(), run_dir=run_dir, progress=progress, callbacks=callbacks)
+        if resume and run_dir is not None:
+            self.trainer.run.resume = self.trainer.resumed = True
+            self.trainer.run.load_checkpoint(self.trainer.load_state_dict)
+
+    @property
+    def progress_note(self) -> str:
+        t = self.trainer
+        return f"resuming {t.run.dir} after step {t.global_step} of {t.total_steps}"
+
     async def arun(self) -> dict[str, Any]:
         """Score the initial prompt on the test set, train, score the final prompt; write result.json."""
         from .engines.usage import track_usage
@@ -243,31 +259,88 @@ class OptimizeJob(Job):
         trainer, run = self.trainer, self.trainer.run
         start = time.perf_counter()
         with run, track_usage() as usage:
+            run.start(step=trainer.global_step, total_steps=trainer.total_steps, resumed=trainer.resumed,
+                      run_dir=str(run.dir) if run.dir else None)
             current = self.prompt.value
             self.prompt.set_value(trainer.state.initial[self.prompt.name])  # a resumed run scores the *initial* prompt (cache hits)
             with run.track():
-                before = await trainer.evaluate(self.test) if self.test else None
+                before = await trainer.evaluate(self.test, "test_before") if self.test else None
             self.prompt.set_value(current)
             history = await trainer.afit()
             with run.track():
-                after = await trainer.evaluate(self.test) if self.test else None
+                after = await trainer.evaluate(self.test, "test_after") if self.test else None
             result = {
-                "task": self.args["task"], "engine": self.args["engine"], "optimizer": self.args["optimizer"],
-                "accuracy_before": before, "accuracy_after": after, "eval_size": len(self.test), "val_size": len(self.val),
+                **self._result(before, after, start, usage, run.totals),
                 "steps": len([r for r in history.rows if r["step"] > 0]), "rejected_steps": history.rejected,
                 "best_val": history.best_val, "stopped": history.stopped, "failed_updates": len(self.optimizer.failures),
                 "failures": [getattr(f, "error", str(f))[:300] for f in self.optimizer.failures[-5:]],
-                "tokens": usage.to_dict(), "run_usage": dict(run.totals), "seconds": round(time.perf_counter() - start, 2),
-                "final_prompt": self.prompt.value, "run_dir": str(run.dir) if run.dir else None,
             }
             run.write_json("result.json", result)
             run.log({"event": "result", **result})
         return result
 
 
+class SearchJob(_PromptTask):
+    """The same task with candidate search (`textopt.search.Search`): a pool of prompts scored per validation
+    example, parents from the Pareto front, TGD reflection on minibatches. --steps bounds the mutations
+    through a metric-call budget of (steps + 1) * (val + 2 * batch) unless --budget-metric-calls is given."""
+
+    def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
+                 callbacks: Sequence[Any], progress: bool | None) -> None:
+        from .search import Search
+
+        a = self._setup(spec, run_dir, resume)
+        budget = a["budget_metric_calls"] or (a["steps"] + 1) * (len(self.val) + 2 * a["batch_size"])
+        self.search = Search(
+            [self.prompt], forward=self.forward, train=self.train, val=self.val, metric=self.metric, loss=self.loss,
+            proposer="tgd", engine=self.backward_engine, minibatch=a["batch_size"], budget=budget,
+            budget_tokens=a["budget_tokens"], budget_usd=a["budget_usd"], patience=a["patience"],
+            concurrency=a["concurrency"], run_dir=run_dir, resume=resume, seed=a["seed"], callbacks=callbacks,
+            progress=progress, spec=self.spec.to_dict())
+        self.initial = self.prompt.value
+
+    @property
+    def progress_note(self) -> str:
+        return f"resuming the search in {self.run_dir} after its last completed iteration"
+
+    async def arun(self) -> dict[str, Any]:
+        from .engines.usage import track_usage
+        from .run import Run
+
+        side = Run(self.run_dir, kind="search", callbacks=self.search.callbacks)  # not opened: Search holds the lock
+        start = time.perf_counter()
+        with track_usage() as usage:
+            before = await self._test("test_before", side)
+            found = await self.search.afit()
+            after = await self._test("test_after", side)
+        result = {
+            **self._result(before, after, start, usage, found.usage),
+            "steps": found.iterations, "stopped": found.stopped, "best_val": found.best_val, "best_id": found.best_id,
+            "pareto": found.pareto, "candidates": len(found.candidates), "metric_calls": found.metric_calls,
+            "rejected_steps": [], "failed_updates": sum(len(r.get("failures") or []) for r in found.rows), "failures": [],
+        }
+        side.write_json("result.json", result)
+        side.log({"event": "result", **result})
+        return result
+
+    async def _test(self, name: str, side: Any) -> Any:
+        from .evaluate import aevaluate
+
+        if not self.test:
+            return None
+        current = self.prompt.value
+        if name == "test_before":
+            self.prompt.set_value(self.initial)
+        report = await aevaluate(self.forward, self.test, self.metric, concurrency=self.args["concurrency"])
+        self.prompt.set_value(current)
+        side.save_eval(name, report)
+        return report
+
+
 @register("optimize")
 def _optimize(spec: RunSpec, **kw: Any) -> Job:
-    return OptimizeJob(spec, **kw)
+    optimizer = (spec.args.get("optimizer") or "tgd").lower()
+    return SearchJob(spec, **kw) if optimizer == "search" else OptimizeJob(spec, **kw)
 
 
 # -- recipe "aegis": co-evolution of injection attacks and a detector prompt ----------------------

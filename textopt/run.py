@@ -224,6 +224,11 @@ def describe_row(row: Mapping[str, Any]) -> str:
     if "round" in row:
         head = f"round {row['round']} {row.get('side', '')}".rstrip()
         parts = [f"{k} {_fmt(row[k])}" for k in ("tpr", "tnr", "asr", "score_gain") if k in row]
+    elif row.get("kind") in ("seed", "mutation", "merge"):  # a Search iteration
+        head = f"iteration {row.get('step', '?')} {row['kind']}"
+        parts = [f"{k} {_fmt(row[k])}" for k in ("parent_train", "train", "val", "best_val") if row.get(k) is not None]
+        parts.append(f"added #{row['added']}" if row.get("added") is not None else
+                     str(row.get("rejected") or row.get("skipped") or "nothing added"))
     else:
         head = f"step {row.get('step', '?')}"
         parts = [f"{k} {_fmt(row.get(k))}" for k in ("train", "val") if k in row]
@@ -264,7 +269,7 @@ class Progress(Callback):
                 self._bar.update(1)
             post = {k: row[k] for k in ("train", "val", "accepted") if k in row}
             self._bar.set_postfix(**post, tokens=run.totals["total_tokens"], refresh=True)
-        elif row.get("step", row.get("round", 1)) != 0 or "round" in row:
+        elif row.get("step", row.get("round", 1)) != 0 or "round" in row or "kind" in row:
             print(describe_row(row), file=self.stream or sys.stderr, flush=True)
 
     def on_event(self, run: "Run", event: dict[str, Any]) -> None:
@@ -382,6 +387,7 @@ class Run:
         self._lock: Any = None
         self._depth = 0
         self._wrote = False  # this Run wrote the checkpoint there: reopening it is not a clash
+        self._started = False
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir) if self.dir else None!r}, kind={self.kind!r})"
@@ -404,7 +410,10 @@ class Run:
     def open(self) -> None:
         """Lock the directory (fails at once if another run holds it) and write spec.json."""
         self._depth += 1
-        if self._depth > 1 or self.dir is None:
+        if self._depth > 1:
+            return
+        self._started = False
+        if self.dir is None:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -543,7 +552,10 @@ class Run:
             cb.on_event(self, ev)
 
     def start(self, **info: Any) -> None:
-        self.log({"event": "start", **info})
+        """The "start" event, once per opening (a job that starts its run first keeps an inner start quiet)."""
+        if not self._started:
+            self._started = True
+            self.log({"event": "start", **info})
 
     def step(self, row: Mapping[str, Any]) -> None:
         self.log({"event": "step", **row})
@@ -665,6 +677,10 @@ class History:
         cached = sum(int(r.get("cached_calls", 0)) for r in self.rows)
         out.append(f"best val: {fmt(self.best_val)}; rejected steps: {self.rejected or 'none'}; "
                    f"tokens: {self.tokens} in {calls} paid calls, {cached} served by the cache; cost: ${self.cost_usd:.4f}")
+        why = [(r["step"], n, t) for r in self.rows for n, t in (r.get("reasoning") or {}).items() if t]
+        if why:
+            out.append("\nwhy the optimizer changed what it changed:")
+            out.extend(f"  step {step} {name}: {' '.join(str(text).split())[:300]}" for step, name, text in why)
         for name in self.initial:
             d = self.diff(name)
             out.append(f"\nparameter {name}: " + ("unchanged" if not d else "before -> after"))

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from ._sync import run_sync
-from .errors import BudgetExceeded
+from .errors import BudgetExceeded, EngineError
 from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec
 from .variable import Variable
 
 if TYPE_CHECKING:
     from .engines.base import Engine
+    from .evaluate import EvalReport
     from .optim.base import Optimizer
 
 __all__ = ["CHECKPOINT", "SPEC", "History", "TrainState", "Trainer", "default_metric", "fingerprint", "resume"]
@@ -80,10 +81,33 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+class _Stop(BaseException):
+    """Carries an engine failure out of `evaluate` (which turns ordinary errors into rows)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _as_variable(value: Any, what: str) -> Variable:
     if not isinstance(value, Variable):
         raise TypeError(f"the {what} function must return a textopt Variable, got {type(value).__name__}")
     return value
+
+
+def _backward_engine(explicit: Any, optimizer: "Optimizer", losses: list[Variable]) -> Any:
+    """Explicit backward_engine, else the optimizer's engine, else the engine that computed the losses
+    (a sum of losses has no engine of its own), else the scoped default."""
+    if explicit is not None:
+        return explicit
+    if optimizer.engine is not None:
+        return optimizer.engine
+    for loss in losses:
+        ctx = loss.ctx
+        engine = getattr(ctx, "engine", None) if not isinstance(ctx, dict) else ctx.get("engine")
+        if engine is not None:
+            return engine
+    return None
 
 
 def _check_options(train: list[Any], ints: dict[str, Any], optional: dict[str, Any]) -> None:
@@ -276,22 +300,29 @@ class Trainer:
             self.run.end(stopped=st.stopped, step=st.global_step, best_val=st.best_val, usage=dict(self.run.totals))
         return self.history
 
-    async def evaluate(self, examples: Sequence[Any]) -> float | None:
-        """Mean metric of the current parameters on `examples` (forward passes only, concurrently)."""
-        if not examples:
-            return None
-        sem = asyncio.Semaphore(self.concurrency)
+    async def evaluate(self, examples: Sequence[Any], name: str | None = None) -> "EvalReport":
+        """Score the current parameters on `examples` (forward passes only, `concurrency` at a time) with
+        `textopt.evaluate`: per-example rows, mean and interval. With `name`, the report is kept in the run
+        directory (evals/<name>.jsonl). A provider failure stops the run instead of scoring 0."""
+        from .evaluate import aevaluate
 
-        async def one(ex: Any) -> float | None:
-            async with sem:
-                out = await _call(self.forward, ex)
-            return self._score(ex, _as_variable(out, "forward"))
+        async def forward(example: Any) -> Any:
+            try:
+                return await _call(self.forward, example)
+            except EngineError as exc:
+                raise _Stop(exc) from None  # evaluate keeps errors as rows; an outage must end the step instead
 
-        score = _mean(await asyncio.gather(*(one(ex) for ex in examples)))
-        if score is None:
+        try:
+            report = await aevaluate(forward, list(examples), self.metric, concurrency=self.concurrency, seed=self.seed)
+        except _Stop as stop:
+            raise stop.error from None
+        self.run.metric_calls += len(report.rows)
+        if examples and report.mean is None:
             raise ValueError("the validation examples have no score: pass metric=fn(example, output) -> float, "
                              "or use examples with an 'answer'")
-        return score
+        if name is not None:
+            self.run.save_eval(name, report)
+        return report
 
     # -- one step ------------------------------------------------------------------------------
     def _score(self, example: Any, output: Variable) -> float | None:
@@ -303,7 +334,7 @@ class Trainer:
     async def _baseline(self) -> None:
         start = time.perf_counter()
         with self.run.track() as usage:
-            val = await self.evaluate(self.val) if self.val else None
+            val = (await self.evaluate(self.val, "val_step0")).mean if self.val else None
         self.state.best_val, self.state.baseline_done = val, True
         self._record({"step": 0, "epoch": 0, "train": None, "val": val, "best_val": val, "accepted": True,
                       **Run.usage_columns(usage), "seconds": round(time.perf_counter() - start, 3), "failures": 0})
@@ -329,14 +360,14 @@ class Trainer:
                 self.optimizer.zero_grad()
                 losses = [loss for _, loss in pairs]
                 total = losses[0] if len(losses) == 1 else tsum(losses)
-                await self.optimizer.abackward(total, engine=self._backward_engine(losses))  # the optimizer's feedback hook
+                await self.optimizer.abackward(total, engine=_backward_engine(self.backward_engine, self.optimizer, losses))  # the optimizer's feedback hook
                 failures_before = len(self.optimizer.failures)
                 before = self._values()
-                await self.optimizer.astep()
+                report = await self.optimizer.astep()
                 self.run.check_failures(self.optimizer.failures[failures_before:])  # 401/403: stop, don't spend on
                 failures = len(self.optimizer.failures) - failures_before
                 changed = [n for n, v in self._values().items() if v != before[n]]
-                val = await self.evaluate(self.val) if self.val else None
+                val = (await self.evaluate(self.val, f"val_step{st.global_step + 1}")).mean if self.val else None
         except BaseException:
             self._rollback(*saved)  # the step never happened; the checkpoint still holds the last completed one
             raise
@@ -349,26 +380,12 @@ class Trainer:
         st.global_step += 1
         self._record({"step": st.global_step, "epoch": st.epoch, "train": train_score, "val": val, "best_val": st.best_val,
                       "accepted": accepted, **Run.usage_columns(usage), "seconds": round(time.perf_counter() - start, 3),
-                      "failures": failures, "changed": changed})
+                      "failures": failures, "changed": changed, "reasoning": dict(getattr(report, "reasoning", {}) or {})})
 
     def _record(self, row: dict[str, Any]) -> None:
         self.state.rows.append(row)
         self._checkpoint()  # saved first: a "step" event means the step is on disk
         self.run.step(row)
-
-    def _backward_engine(self, losses: list[Variable]) -> Any:
-        """Explicit backward_engine, else the optimizer's engine, else the engine that computed the losses
-        (a sum of losses has no engine of its own), else the scoped default."""
-        if self.backward_engine is not None:
-            return self.backward_engine
-        if self.optimizer.engine is not None:
-            return self.optimizer.engine
-        for loss in losses:
-            ctx = loss.ctx
-            engine = getattr(ctx, "engine", None) if not isinstance(ctx, dict) else ctx.get("engine")
-            if engine is not None:
-                return engine
-        return None
 
     # -- state ---------------------------------------------------------------------------------
     def _values(self) -> dict[str, Any]:

@@ -34,6 +34,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"held-out test examples scored before and after (default: {D['eval_size']})")
     p.add_argument("--val-size", type=int, default=D["val_size"], help="validation examples scored after every step; 0 "
                    f"turns validation (and revert-if-worse) off (default: {D['val_size']})")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="training examples drawn from the task (default: steps * batch-size)")
     p.add_argument("--prompt", default=D["prompt"], help="initial system prompt")
     p.add_argument("--seed", type=int, default=D["seed"])
     p.add_argument("--max-tokens", type=int, default=D["max_tokens"],
@@ -42,6 +44,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--budget-tokens", type=int, default=None, help="stop cleanly once this many paid tokens are spent")
     p.add_argument("--budget-calls", type=int, default=None, help="stop cleanly once this many paid calls are made")
     p.add_argument("--budget-usd", type=float, default=None, help="stop cleanly once this many dollars are spent")
+    p.add_argument("--budget-metric-calls", type=int, default=None, help="--optimizer search: stop after this many "
+                   "scored examples (default: (steps + 1) * (val-size + 2 * batch-size))")
     p.add_argument("--patience", type=int, default=None, help="stop after this many steps without a validation gain")
     p.add_argument("--no-keep-best", dest="keep_best", action="store_false",
                    help="keep every update even when validation gets worse")
@@ -61,9 +65,15 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"task: {result['task']} on {result['engine']} with {result.get('optimizer', 'tgd')} "
           f"({result['eval_size']} held-out examples)")
-    print(f"accuracy before: {f(result['accuracy_before'])}")
-    print(f"accuracy after:  {f(result['accuracy_after'])}")
-    print(f"steps: {result['steps']} ({result['stopped']}); rejected by validation: {result['rejected_steps'] or 'none'}")
+    ci = lambda c: f" (95% CI {c[0]:.2f}-{c[1]:.2f})" if c else ""  # noqa: E731
+    print(f"accuracy before: {f(result['accuracy_before'])}{ci(result.get('ci95_before'))}")
+    print(f"accuracy after:  {f(result['accuracy_after'])}{ci(result.get('ci95_after'))}")
+    if "pareto" in result:
+        print(f"search: {result['steps']} iteration(s) ({result['stopped']}), {result['candidates']} candidate(s), "
+              f"Pareto front {result['pareto']}, best #{result['best_id']} (val {f(result['best_val'])}), "
+              f"{result['metric_calls']} metric calls")
+    else:
+        print(f"steps: {result['steps']} ({result['stopped']}); rejected by validation: {result['rejected_steps'] or 'none'}")
     cost = result.get("run_usage", {}).get("cost_usd")
     print(f"tokens: {t['total_tokens']} ({t['prompt_tokens']} prompt + {t['completion_tokens']} completion) "
           f"in {t['calls']} calls, {t['cached_calls']} served by the cache; {result['seconds']} s"
@@ -79,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..recipes import OPTIMIZE_DEFAULTS, RunSpec, build
 
     out = args.out or default_out("optimize")
-    spec = RunSpec("optimize", {k: getattr(args, k) for k in OPTIMIZE_DEFAULTS}, kind="trainer")
+    spec = RunSpec("optimize", {k: getattr(args, k) for k in OPTIMIZE_DEFAULTS},
+                   kind="search" if args.optimizer == "search" else "trainer")
     job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)
     args.resume_hint = f"textopt resume {out}"
     print_result(job.run(), args.json)

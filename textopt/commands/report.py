@@ -32,7 +32,7 @@ def eval_section(run_dir: Path, worst: int) -> list[str]:
     from ..evaluate import EvalReport
 
     out = ["", "evaluation reports (worst examples first):"]
-    for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(folder.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name)):
         report = EvalReport.load(path)
         out.append(f"  {path.stem}: {report.summary()}")
         for row in report.worst(worst):
@@ -68,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}; is it a run directory (textopt optimize --out DIR)?")
     kind = state.get("kind") or read_spec(run_dir).get("kind")
     view = Run(run_dir, kind=kind or "trainer")  # not opened: report reads, and writes only its own files
-    if kind == "aegis":
+    if kind == "search":
+        from ..search import search_report
+
+        text, draw = search_report(run_dir), None
+    elif kind == "aegis":
         text = aegis_text(run_dir, state)
         draw = None
         if "history" in state and state["history"]:
@@ -79,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         history = History.from_dict(state["history"], str(run_dir))
         text = history.summary()
         draw = history.plot
+        failures = (state.get("optimizer") or {}).get("failures") or []
+        if failures:
+            text += f"\n\nfailed updates: {len(failures)} (last {min(len(failures), 3)}):"
+            text += "".join(f"\n  step {f.get('step')} {f.get('variable')}: {_clip(f.get('error'), 200)}" for f in failures[-3:])
     result_path = run_dir / "result.json"
     if result_path.exists() and kind != "aegis":
         r = json.loads(result_path.read_text(encoding="utf-8"))
