@@ -317,3 +317,28 @@ def test_import_textopt_stays_light():
             "'textopt.recipes', 'textopt.commands') if m in sys.modules]\nprint(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_mlflow_callback_logs_params_metrics_and_artifacts_to_a_local_store(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from textopt.run import MLflowCallback
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
+    uri = f"file:{tmp_path / 'mlruns'}"
+    cb = MLflowCallback(uri, experiment="tests")
+    spec = recipes.RunSpec("optimize", {"engine": "fake", "steps": 2, "batch_size": 1, "eval_size": 1, "val_size": 2})
+    recipes.build(spec, run_dir=tmp_path / "run", callbacks=[cb], progress=False).run()
+    client = MlflowClient(uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert found.info.status == "FINISHED" and found.data.tags["textopt.stopped"] == "completed"
+    assert found.data.params["steps"] == "2" and found.data.params["engine"] == "fake" and found.data.params["kind"] == "trainer"
+    val = client.get_metric_history(found.info.run_id, "val")
+    assert [m.step for m in val] == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"parameters.json", "history.json", "spec.json", "evals", "parameters"} <= artifacts
+    evals = {a.path for a in client.list_artifacts(found.info.run_id, "evals")}
+    assert {"evals/test_before.jsonl", "evals/val_step0.jsonl", "evals/val_step2.jsonl"} <= evals
+    saved = json.loads(Path(client.download_artifacts(found.info.run_id, "parameters.json", str(tmp_path / "dl"))).read_text())
+    assert saved["parameters"]["system_prompt"] == json.loads((tmp_path / "run" / "result.json").read_text())["final_prompt"]

@@ -285,6 +285,83 @@ class Progress(Callback):
             self._bar = None
 
 
+class MLflowCallback(Callback):
+    """Track a run in MLflow: spec and budgets as params, every step's numbers as metrics, evaluation reports,
+    candidates and the parameter values as artifacts, the run's status at the end. Needs `pip install mlflow`
+    (or mlflow-skinny). tracking_uri: e.g. "sqlite:///mlflow.db", "file:./mlruns", an MLflow server URL."""
+
+    def __init__(self, tracking_uri: str | None = None, *, experiment: str = "textopt", run_name: str | None = None) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise ImportError("MLflowCallback needs mlflow: pip install mlflow", name="mlflow") from exc
+        self.client = MlflowClient(tracking_uri)
+        self.experiment, self.run_name = experiment, run_name
+        self.run_id: str | None = None
+
+    def on_start(self, run: "Run", info: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment)
+        name = self.run_name or (run.dir.name if run.dir else run.kind)
+        self.run_id = self.client.create_run(exp_id, run_name=name, tags={"textopt.kind": run.kind,
+                                             "textopt.run_dir": str(run.dir or ""), "textopt.resumed": str(info.get("resumed"))}).info.run_id
+        flat = {"kind": run.kind, **_flatten(run.spec.get("args") or run.spec.get("options") or {}),
+                **{f"budget_{k}": v for k, v in run.budgets.to_dict().items() if v is not None}}
+        params = [Param(k[:250], str(v)[:500]) for k, v in flat.items() if v is not None and not isinstance(v, (dict, list))]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def on_step(self, run: "Run", row: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        step = int(row.get("step", row.get("round", 0)) or 0)
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "round", "epoch"):
+                self.client.log_metric(self.run_id, key, float(value), step=step)
+        if run.dir is not None and (run.dir / "parameters.json").exists():
+            self.client.log_artifact(self.run_id, str(run.dir / "parameters.json"), f"parameters/step_{step}")
+
+    def on_eval(self, run: "Run", name: str, report: Any) -> None:
+        if self.run_id is None:
+            return
+        if getattr(report, "mean", None) is not None:
+            self.client.log_metric(self.run_id, f"eval_{name}_mean", float(report.mean))
+        path = run.dir / EVALS / f"{name}.jsonl" if run.dir else None
+        if path is not None and path.exists():
+            self.client.log_artifact(self.run_id, str(path), "evals")
+
+    def on_candidate(self, run: "Run", candidate: dict[str, Any]) -> None:
+        if self.run_id is not None:
+            self.client.log_dict(self.run_id, json.loads(scrubbed_json(candidate)), f"candidates/{candidate.get('id', 'x')}.json")
+
+    def on_event(self, run: "Run", event: dict[str, Any]) -> None:
+        if self.run_id is not None and event.get("event") in ("error", "interrupted"):
+            self.client.set_terminated(self.run_id, "FAILED" if event["event"] == "error" else "KILLED")
+            self.run_id = None
+
+    def on_end(self, run: "Run", summary: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        for name in ("parameters.json", "history.json", "spec.json"):
+            if run.dir is not None and (run.dir / name).exists():
+                self.client.log_artifact(self.run_id, str(run.dir / name))
+        self.client.set_tag(self.run_id, "textopt.stopped", str(summary.get("stopped")))
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.run_id = None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # -- reading run directories ----------------------------------------------------------------------
 def _read_state(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text(encoding="utf-8"))

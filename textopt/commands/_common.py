@@ -25,14 +25,19 @@ def add_common(p: argparse.ArgumentParser, *, json_help: str = "machine mode: on
     p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: a bar on a terminal, else a line per step)")
+    p.add_argument("--mlflow", default=None, metavar="URI", help="also track the run in MLflow at this tracking URI "
+                   "(e.g. sqlite:///mlflow.db; needs pip install mlflow)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
 
 
 def callbacks(args: argparse.Namespace) -> list[Any]:
     """The one display of every command: JSON lines with --json, else the progress bar or lines."""
-    from ..run import JsonLines, Progress
+    from ..run import JsonLines, MLflowCallback, Progress
 
-    return [JsonLines()] if args.json else [Progress(bar=args.progress)]
+    out: list[Any] = [JsonLines()] if args.json else [Progress(bar=args.progress)]
+    if getattr(args, "mlflow", None):
+        out.append(MLflowCallback(args.mlflow))  # a missing mlflow is a one-line error before anything runs
+    return out
 
 
 def default_out(command: str) -> str:
