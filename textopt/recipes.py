@@ -317,7 +317,7 @@ class SearchJob(_PromptTask):
             **self._result(before, after, start, usage, found.usage),
             "steps": found.iterations, "stopped": found.stopped, "best_val": found.best_val, "best_id": found.best_id,
             "pareto": found.pareto, "candidates": len(found.candidates), "metric_calls": found.metric_calls,
-            "rejected_steps": [], "failed_updates": sum(len(r.get("failures") or []) for r in found.rows), "failures": [],
+            "rejected_steps": [], "failed_updates": sum(int(r.get("failures") or 0) for r in found.rows), "failures": [],
         }
         side.write_json("result.json", result)
         side.log({"event": "result", **result})
