@@ -228,7 +228,9 @@ def test_recipe_registry_builds_resumes_and_refuses_unknowns(tmp_path):
         recipes.build({"recipe": "nope", "args": {}})
     with pytest.raises(FileExistsError, match="textopt resume"):
         recipes.build(spec, run_dir=tmp_path / "r")
-    assert to.resume(tmp_path / "r").global_step == 2  # the library's resume looks the recipe up too
+    seen = []
+    again = to.resume(tmp_path / "r", callbacks=[seen.append], steps=3)  # the library's resume looks the recipe up too
+    assert again.global_step == 2 and again.fit().rows[-1]["step"] == 3 and seen[0]["event"] == "start"
 
     @recipes.register("custom-test")
     def custom(spec, **kw):

@@ -449,7 +449,8 @@ def resume(
     if spec.get("recipe"):
         from . import recipes
 
-        job = recipes.resume(run_dir, **overrides)
+        display = {k: overrides.pop(k) for k in ("callbacks", "progress") if k in overrides}
+        job = recipes.resume(run_dir, **display, **overrides)
         trainer = getattr(job, "trainer", None)
         if trainer is None:
             raise RunError(f"{run_dir} is a {spec.get('kind')!r} run, not a Trainer run; continue it with "
