@@ -149,8 +149,21 @@ def test_trainable_code_keeps_globals_and_closure_values():
     assert scale(2).value == 8  # factor from the closure, json from this module's globals
 
 
+@pytest.mark.parametrize("isolation", ["thread", "none", "process"])
+def test_new_code_sees_its_own_top_level_imports_and_helpers(isolation):
+    @to.trace(trainable=True, isolation=isolation)
+    def words(text: str) -> str:
+        return text
+
+    words.code.set_value(
+        "import re\n\nSEP = ' | '\n\ndef _split(t):\n    return re.findall(r'[a-z]+', t)\n\n"
+        "def words(text: str) -> str:\n    return SEP.join(_split(text))"
+    )
+    assert words("ab, cd!").value == "ab | cd"
+
+
 def test_endless_loop_in_trainable_code_times_out_as_error_node_and_thread_stops():
-    @to.trace(trainable=True, timeout=0.3)
+    @to.trace(trainable=True, timeout=0.3, isolation="thread")
     def strategy(question: str) -> str:
         return question
 
@@ -175,7 +188,7 @@ def test_endless_loop_in_trainable_code_times_out_as_error_node_and_thread_stops
 
 
 def test_loop_that_swallows_exceptions_is_still_stopped():
-    @to.trace(trainable=True, timeout=0.2)
+    @to.trace(trainable=True, timeout=0.2, isolation="thread")
     def strategy(question: str) -> str:
         return question
 

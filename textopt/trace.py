@@ -442,12 +442,12 @@ class Traced:
 
     def _compile(self, src: str) -> Callable[..., Any]:
         """Build the trainable function from its (checked) code, with the original's globals and closure values."""
-        g = self.fn.__globals__
+        # One namespace (a copy of the original's globals plus its closure values): the new code's own top-level
+        # imports and helpers land where its function looks them up (with separate globals/locals they didn't).
+        ns: dict[str, Any] = dict(self.fn.__globals__)
         if self.fn.__closure__:
-            g = dict(g)
-            g.update({k: c.cell_contents for k, c in zip(self.fn.__code__.co_freevars, self.fn.__closure__)})
-        ns: dict[str, Any] = {}
-        exec(compile(src, f"<textopt-code:{self.name}>", "exec"), g, ns)
+            ns.update({k: c.cell_contents for k, c in zip(self.fn.__code__.co_freevars, self.fn.__closure__)})
+        exec(compile(src, f"<textopt-code:{self.name}>", "exec"), ns)
         return ns[self.fn.__name__]
 
     # -- calling ----------------------------------------------------------------------------
