@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+from .. import image
 from .._sync import run_on_textopt_loop, run_sync
 from ..errors import BudgetExceeded
 from . import pricing
@@ -89,6 +90,7 @@ class Engine:
         budget_tokens: int | None = None,
         budget_usd: float | None = None,
         history_size: int = 1000,
+        supports_images: bool | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -116,6 +118,7 @@ class Engine:
         self.budget_usd = budget_usd
         self.usage = Usage()
         self.history: collections.deque[tuple[Request, Completion]] = collections.deque(maxlen=history_size)
+        self._supports_images = supports_images
         self._inflight: InFlight[Completion] = InFlight()
         self._semaphore: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
@@ -135,6 +138,20 @@ class Engine:
         """Configured credentials to mask in errors (environment keys are masked anyway)."""
         return []
 
+    @property
+    def supports_images(self) -> bool:
+        """Whether messages may hold images (textopt.image.Image). supports_images= at construction overrides
+        the engine's own default (`images_by_default`); an image sent anyway fails before any call."""
+        return self._supports_images if self._supports_images is not None else self.images_by_default()
+
+    @supports_images.setter
+    def supports_images(self, value: bool | None) -> None:
+        self._supports_images = value
+
+    def images_by_default(self) -> bool:
+        """Default of `supports_images` for this engine and model (False: text only)."""
+        return False
+
     def price_models(self, completion: Completion) -> list[str]:
         """Names to look the price up under in litellm's cost map, best first."""
         return [completion.model, self.model]
@@ -148,16 +165,18 @@ class Engine:
         **options: Any,
     ) -> Completion:
         """Send chat `messages`; with `json_schema`, ask for (and where possible enforce) that JSON shape."""
-        msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        msgs = [{"role": str(m["role"]), "content": image.content(m["content"])} for m in messages]
         if not msgs:
             raise ValueError("acomplete needs at least one message")
+        if image.has_images(msgs) and not self.supports_images:
+            raise image.not_supported(self)
         opts = {"temperature": self.temperature, "max_tokens": self.max_tokens}
         opts.update(options)
         request = Request(messages=msgs, json_schema=json_schema, options=opts)
 
         key = None
         if self.cache is not None:
-            key = cache_key({**self.cache_identity(), "messages": msgs, "json_schema": json_schema, "options": opts})
+            key = cache_key({**self.cache_identity(), "messages": image.key_messages(msgs), "json_schema": json_schema, "options": opts})
             hit = self._cached(key)
             if hit is not None:
                 self._account(request, hit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..secrets import scrub_url
+from ..image import openai_messages
 from .base import Completion, Engine, Request
 from .openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
 from .pricing import import_litellm
@@ -37,6 +38,13 @@ class LiteLLMEngine(Engine):
 
     def secrets(self) -> list[str]:
         return [self._api_key] if self._api_key else []
+
+    def images_by_default(self) -> bool:
+        """What litellm's model map says about this model (unknown models: text only; supports_images=True overrides)."""
+        try:
+            return bool(self._litellm.supports_vision(model=self.model))
+        except Exception:  # noqa: BLE001 - an unknown model or an older litellm: treat as text only
+            return False
 
     def is_transient(self, exc: BaseException) -> bool:
         ll = self._litellm
@@ -74,7 +82,7 @@ class LiteLLMEngine(Engine):
         return kwargs
 
     async def _acomplete(self, request: Request) -> Completion:
-        resp = await self._litellm.acompletion(model=self.model, messages=request.messages, num_retries=0,
+        resp = await self._litellm.acompletion(model=self.model, messages=openai_messages(request.messages), num_retries=0,
                                                **self._kwargs(request))
         return self._completion(resp)
 

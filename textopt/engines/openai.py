@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from ..secrets import scrub_url
+from ..image import openai_messages
 from .base import Completion, Engine, Request
 
 #: Defaults for remote engines: one attempt may take DEFAULT_TIMEOUT s, and all attempts with their
@@ -81,6 +82,10 @@ class OpenAIEngine(Engine):
     def secrets(self) -> list[str]:
         return [self._api_key] if self._api_key != "no-key" else []
 
+    def images_by_default(self) -> bool:
+        """OpenAI's own API takes images; another server at base_url only when built with supports_images=True."""
+        return self.base_url is None
+
     def is_transient(self, exc: BaseException) -> bool:
         o = self._openai
         if isinstance(exc, (o.RateLimitError, o.APITimeoutError, o.APIConnectionError, o.InternalServerError)):
@@ -101,13 +106,13 @@ class OpenAIEngine(Engine):
         if request.timeout is not None:
             kwargs["timeout"] = request.timeout
         try:
-            resp = await self._client.chat.completions.create(model=self.model, messages=request.messages, **kwargs)
+            resp = await self._client.chat.completions.create(model=self.model, messages=openai_messages(request.messages), **kwargs)
         except self._openai.APIStatusError as exc:
             if not (request.json_schema is not None and self.json_mode == "auto" and "response_format" in str(exc)):
                 raise
             self.json_mode = "json_object"  # this server wants the other shape; remember it
             kwargs["response_format"] = self._response_format(request.json_schema)
-            resp = await self._client.chat.completions.create(model=self.model, messages=request.messages, **kwargs)
+            resp = await self._client.chat.completions.create(model=self.model, messages=openai_messages(request.messages), **kwargs)
         if not resp.choices:
             raise ValueError(f"the server sent a reply without choices: {str(resp)[:200]}")
         text = resp.choices[0].message.content or ""
