@@ -38,6 +38,10 @@ def as_text(value: Any) -> str:
     """How a value reads wherever an LLM sees it: str as is, JSON when it can be, else repr."""
     if isinstance(value, str):
         return value
+    from .image import Image
+
+    if isinstance(value, Image):  # an image reads as a short description (its bytes go to the model as image content)
+        return value.describe()
     try:
         return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
     except (TypeError, ValueError):
