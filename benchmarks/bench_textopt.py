@@ -175,12 +175,15 @@ async def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
     labels = tuple(cfg["labels"])
     metric = datasets.label_metric(labels)
     runs = []
-    for run in cfg["runs"]:
+    # untimed warm-up on its own route: imports and the first client are not part of any level's time
+    for run in [{"concurrency": 1, "base_url": cfg["warmup_url"], "warmup": True, "label": "warm-up"}] + cfg["runs"]:
         c = run["concurrency"]
         eng = to.get_engine("openai:" + cfg["model"], base_url=run["base_url"], max_tokens=cfg.get("max_tokens"),
                             timeout=120.0, max_concurrency=c)
         llm = to.LLM(eng)
-        examples = [{"question": f"(level {c}) {e['question']}", "answer": e["answer"]} for e in cfg["examples"]]
+        examples = [{"question": f"(level {run.get('label', c)}) {e['question']}", "answer": e["answer"]} for e in cfg["examples"]]
+        if run.get("warmup"):
+            examples = examples[:1]
 
         async def forward(ex: dict[str, str]) -> to.Variable:
             return await llm.acall(to.Variable(datasets.render(cfg["template"], ex["question"]), role="input"))
@@ -199,7 +202,8 @@ async def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
                     return float(getattr(s, "value", s[0] if isinstance(s, tuple) else s))
 
             scores, errors = list(await asyncio.gather(*(one(ex) for ex in examples))), 0
-        runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": errors})
+        if not run.get("warmup"):
+            runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": errors})
     return {"available": True, "how": how, "runs": runs}
 
 
@@ -265,7 +269,15 @@ class LabelProgram:
 
 
 def quality(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One optimizer run at a budget of task-model calls; returns the final template (the harness scores it)."""
+    """One optimizer run at a budget of task-model calls; returns the final template, and with cfg["score"]
+    its test score by the shared scorer (`score`, run here to save a process)."""
+    out = _quality(cfg)
+    if out.get("available") and cfg.get("score"):
+        out["after_score"] = score({**cfg["score"], "prompts": [out["final_prompt"]]})["scores"][0]
+    return out
+
+
+def _quality(cfg: dict[str, Any]) -> dict[str, Any]:
     import os
 
     from textopt._sync import run_sync
@@ -288,10 +300,10 @@ def quality(cfg: dict[str, Any]) -> dict[str, Any]:
                              steps=steps, keep_best=True, metric=prog.float_metric, seed=cfg["seed"], progress=False,
                              backward_engine=prog.opt_engine, concurrency=4)
         hist = trainer.fit()
-        rows = [{"step": r["step"], "val": r["val"], "accepted": r["accepted"], "failures": r.get("failures", 0)}
-                for r in hist.rows if r["step"] > 0]
+        rows = [{"step": r.get("step"), "val": r.get("val"), "accepted": r.get("accepted"), "failures": r.get("failures", 0)}
+                for r in getattr(hist, "rows", []) if (r.get("step") or 0) > 0]
         return {"available": True, "final_prompt": prog.template.value, "task_calls": prog.calls, "steps": rows,
-                "val_best": trainer.best_val, "failures": [f.error[:200] for f in opt.failures][:5], "how": "to.Trainer(TGD)"}
+                "val_best": getattr(hist, "best_val", None), "failures": [f.error[:200] for f in opt.failures][:5], "how": "to.Trainer(TGD)"}
     # OptoPrime: Trainer drives it once optimizers share the feedback hook (optimizer.abackward); until then the
     # same schedule by hand (benchmarks/peers/_labels.py), with the metric's feedback sentence recorded per output.
     opt = to.OptoPrime([prog.template], engine=prog.opt_engine, max_tokens=cfg["opt_max_tokens"])
@@ -300,7 +312,11 @@ def quality(cfg: dict[str, Any]) -> dict[str, Any]:
         outs = await asyncio.gather(*(prog.forward(ex) for ex in batch))
         opt.zero_grad()
         for ex, o in zip(batch, outs):
-            opt.backward(o, _feedback(prog.metric(ex, o)) or "no feedback")
+            fb = _feedback(prog.metric(ex, o)) or "no feedback"
+            if hasattr(opt, "abackward"):  # the optimizer contract's feedback hook
+                await opt.abackward(o, fb)
+            else:
+                opt.backward(o, fb)
         await opt.astep()
 
     out = run_schedule(get=lambda: prog.template.value, set_=prog.template.set_value, step=lambda b: run_sync(astep(b)),
@@ -312,7 +328,14 @@ def quality(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _search(cfg: dict[str, Any], prog: LabelProgram, search: Any) -> dict[str, Any]:
-    raise NotImplementedError("wired when to.Search lands")
+    """to.Search with its defaults (TGD proposer, merges on), the metric's feedback, the same budget."""
+    s = search([prog.template], forward=prog.forward, train=cfg["train"], val=cfg["val"], metric=prog.metric,
+               engine=prog.opt_engine, minibatch=cfg["batch"], budget=cfg["budget"], seed=cfg["seed"], progress=False)
+    res = s.fit()
+    best = res.best
+    final = best.get(prog.template.name, prog.template.value) if isinstance(best, dict) else prog.template.value
+    return {"available": True, "final_prompt": final, "task_calls": prog.calls, "val_best": res.best_val,
+            "candidates": len(res.pool), "stopped": getattr(s, "stopped", None), "how": "to.Search (proposer tgd, merge on)"}
 
 
 def score(cfg: dict[str, Any]) -> dict[str, Any]:

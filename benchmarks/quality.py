@@ -78,7 +78,7 @@ def wl_quality(r: Any, server: Any, model: str, mode: dict[str, Any], engine_des
             data = [{"question": e.question, "answer": e.answer} for e in datasets.load(task, n=q["train"] + q["val"], seed=100 + seed)]
             train, val = data[: q["train"]], data[q["train"]:]
             for name, kind, label in OPTIMIZERS:
-                if not r.fw.available(name):
+                if not r.fw.available(name) or (q.get("optimizers") and label not in q["optimizers"]):
                     continue
                 tag = f"q-{task}-{seed}-{name}-{kind}-{r._n}"
                 cfg = {"task": task, "labels": labels, "seed": seed, "seed_prompt": seed_prompt, "train": train, "val": val,
@@ -86,6 +86,9 @@ def wl_quality(r: Any, server: Any, model: str, mode: dict[str, Any], engine_des
                        "task_url": server.base_url(tag + "-task"), "opt_url": server.base_url(tag + "-opt"),
                        "base_url": server.base_url(tag + "-opt"),  # Trace's backend reads this one (optimizer calls)
                        "max_tokens": 24, "opt_max_tokens": mode["max_tokens"]}
+                if name == "textopt":  # textopt's worker is the scorer's process: it scores its own final prompt there
+                    cfg["score"] = {"model": model, "base_url": server.base_url(f"score-{task}-{r._n}"), "labels": labels,
+                                    "test": test, "max_tokens": 24}
                 t0 = time.perf_counter()
                 out = r.run(name, "quality", cfg, timeout=q.get("timeout", 5400))
                 row: dict[str, Any] = {"optimizer": label, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -93,7 +96,7 @@ def wl_quality(r: Any, server: Any, model: str, mode: dict[str, Any], engine_des
                     row.update(available=False, reason=(out.get("error") or out.get("reason", ""))[:500])
                 else:
                     final = out["final_prompt"]
-                    after = _score(r, server, model, task, labels, [final], test)[0]
+                    after = out["after_score"] if "after_score" in out else _score(r, server, model, task, labels, [final], test)[0]
                     tu, ou = server.stats(tag + "-task").to_dict(), server.stats(tag + "-opt").to_dict()
                     row.update(available=True, final_prompt=final, before=before["accuracy"], after=after["accuracy"],
                                after_ci95=after["ci95"], task_calls_logical=out.get("task_calls"), budget=q["budget"],

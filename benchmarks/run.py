@@ -68,7 +68,8 @@ MODES: dict[str, dict[str, Any]] = {
               "quality": {"tasks": ["sentiment"], "seeds": [0], "budget": 20, "train": 12, "val": 4, "test": 20, "batch": 2}},
     "tiny": {"timing_reps": 2, "import_reps": 3, "nodes": [10, 100], "valid_steps": 3,
              "e2e": {"eval": 3, "steps": 2, "batch": 1}, "max_tokens": 64, "real_model": False, "throughput_n": 40,
-             "quality": {"tasks": ["sentiment"], "seeds": [0], "budget": 12, "train": 6, "val": 2, "test": 6, "batch": 2}},
+             "quality": {"tasks": ["sentiment"], "seeds": [0], "budget": 12, "train": 6, "val": 2, "test": 6, "batch": 2,
+                         "optimizers": ["textopt TGD (Trainer)", "textopt Search"]}},
 }
 LATENCY = 0.05
 

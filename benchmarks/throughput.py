@@ -9,7 +9,8 @@ request) at several concurrency levels, by each framework's own way of evaluatin
 The physical limit is n × 50 ms / c. Run through the harness (`python benchmarks/run.py --workloads h`) or
 alone (`python benchmarks/throughput.py [--quick | --tiny]`, which is the same thing). Each framework runs in its
 own process (peers in their own virtual environments); wall time is taken inside that process around the
-evaluation only, so start-up and imports are not counted. Calls and peak concurrency are counted at the server.
+evaluation only, after one untimed warm-up request on a route of its own, so start-up, imports and the
+first client are not counted. Calls and peak concurrency are counted at the server.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def wl_throughput(r: Any, lat: Any, mode: dict[str, Any], publish: Callable[[dic
             continue
         ids = {c: f"tput-{name}-{c}-{r._n}" for c in levels}
         cfg = {"model": "latency", "max_tokens": 24, "template": template, "labels": list(datasets.LABELS[task]),
-               "examples": examples, "runs": [{"concurrency": c, "base_url": lat.base_url(ids[c])} for c in levels]}
+               "examples": examples, "runs": [{"concurrency": c, "base_url": lat.base_url(ids[c])} for c in levels],
+               "warmup_url": lat.base_url(f"tput-{name}-warmup-{r._n}")}
         out = r.run(name, "throughput", cfg, timeout=max(600, 4 * n * latency * len(levels)))
         if "error" in out or not out.get("available"):
             res["frameworks"][name] = {"available": False, "reason": out.get("error") or out.get("reason", "")}

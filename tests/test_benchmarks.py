@@ -1,6 +1,7 @@
 """The benchmark harness runs (tiny mode, textopt only, latency engine on 127.0.0.1, no peers, no model),
 so it can't rot; and what it measures about textopt holds: concurrent fan-in, bounded OptoPrime prompts,
-valid updates, a second identical run served by the cache."""
+valid updates, a second identical run served by the cache, the quality workload's budget, and evaluation
+that really runs c requests at a time."""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,8 @@ def test_results_structure(tiny_run):
     res, _ = tiny_run
     assert res["meta"]["mode"] == "tiny"
     assert set(res["meta"]["frameworks"]) == {"textopt"}
-    assert set(res["workloads"]) == {"timing", "prompt_size", "import", "valid_updates", "end_to_end", "cache_rerun"}
+    assert set(res["workloads"]) == {"timing", "prompt_size", "import", "valid_updates", "end_to_end", "cache_rerun",
+                                     "quality", "throughput"}
 
 
 def test_fanin_backward_is_concurrent(tiny_run):
@@ -78,9 +80,37 @@ def test_markdown_section_replaced_and_others_kept(tiny_run):
     assert "## Training loop\n\nkeep me" in md
     assert "| textopt | `import textopt` |" in md
     assert "python benchmarks/run.py --only textopt --tiny" in md
+    assert "### (g) quality at equal budget" in md and "### (h) evaluation throughput" in md
+
+
+def test_throughput_runs_c_requests_at_a_time(tiny_run):
+    h = tiny_run[0]["workloads"]["throughput"]
+    t = h["frameworks"]["textopt"]
+    assert t["available"], t
+    n = h["n"]
+    for c, row in t["levels"].items():
+        assert row["calls"] == n and row["scored"] == n and row["errors"] == 0, (c, row)
+        assert row["max_in_flight"] <= int(c)
+    assert t["levels"]["1"]["max_in_flight"] == 1
+    # the level is real, not a serial loop (how close to 32 it gets depends on the machine's load)
+    assert t["levels"]["32"]["max_in_flight"] >= 8 and t["levels"]["64"]["max_in_flight"] >= 8
+
+
+def test_quality_keeps_the_budget_and_scores_the_final_prompt(tiny_run):
+    g = tiny_run[0]["workloads"]["quality"]
+    runs = g["tasks"]["sentiment"]["runs"]
+    tgd = next(r for r in runs if r["optimizer"] == "textopt TGD (Trainer)")
+    assert tgd["available"], tgd
+    assert tgd["task_calls_logical"] <= tgd["budget"] and tgd["task_usage"]["calls"] <= tgd["budget"]
+    assert tgd["optimizer_usage"]["calls"] > 0  # gradients and updates went to the optimizer route
+    assert tgd["final_prompt"].strip() and 0 <= tgd["before"] <= 1 and 0 <= tgd["after"] <= 1
+    assert g["tasks"]["sentiment"]["before"]["n"] == g["settings"]["test"]
 
 
 def test_bad_arguments_are_named():
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "dspy", "--tiny"],
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "nosuch", "--tiny"],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "dspy" in p.stderr and "textopt" in p.stderr
+    assert p.returncode == 2 and "nosuch" in p.stderr and "textopt" in p.stderr and "gepa" in p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--workloads", "g,z", "--tiny"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "'z'" in p.stderr

@@ -34,17 +34,18 @@ def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
     from gepa.adapters.default_adapter.default_adapter import DefaultAdapter
 
     runs = []
-    for run in cfg["runs"]:
+    for run in [{"concurrency": 1, "base_url": cfg["warmup_url"], "warmup": True, "label": "warm-up"}] + cfg["runs"]:  # untimed warm-up first
         c = run["concurrency"]
         adapter = DefaultAdapter(
             model="openai/" + cfg["model"], evaluator=_evaluator(cfg["labels"]), max_litellm_workers=c,
             litellm_batch_completion_kwargs={"api_base": run["base_url"], "api_key": "bench",
                                              "max_tokens": cfg.get("max_tokens"), "temperature": 0.0},
         )
-        batch = [{"input": f"(level {c}) {e['question']}", "additional_context": {}, "answer": e["answer"]} for e in cfg["examples"]]
+        batch = [{"input": f"(level {run.get('label', c)}) {e['question']}", "additional_context": {}, "answer": e["answer"]} for e in (cfg["examples"][:1] if run.get("warmup") else cfg["examples"])]
         t0 = time.perf_counter()
         out = adapter.evaluate(batch, {"instruction": cfg["template"]}, capture_traces=False)
-        runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(out.scores), "errors": 0})
+        if not run.get("warmup"):
+            runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(out.scores), "errors": 0})
     return {"available": True, "how": "DefaultAdapter(max_litellm_workers=c).evaluate(batch, candidate)", "runs": runs}
 
 

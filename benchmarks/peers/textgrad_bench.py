@@ -134,19 +134,20 @@ def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
 
     labels = cfg["labels"]
     runs = []
-    for run in cfg["runs"]:
+    for run in [{"concurrency": 1, "base_url": cfg["warmup_url"], "warmup": True, "label": "warm-up"}] + cfg["runs"]:  # untimed warm-up first
         c = run["concurrency"]
         eng = engine({**cfg, "base_url": run["base_url"]})
         model = tg.BlackboxLLM(eng)
 
         def one(ex: dict[str, str]) -> float:
-            x = tg.Variable(render(cfg["template"], f"(level {c}) {ex['question']}"), role_description="input", requires_grad=False)
+            x = tg.Variable(render(cfg["template"], f"(level {run.get('label', c)}) {ex['question']}"), role_description="input", requires_grad=False)
             return score(model(x).value, ex["answer"], labels)[0]
 
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=c) as pool:
-            scores = list(pool.map(one, cfg["examples"]))
-        runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": 0})
+            scores = list(pool.map(one, cfg["examples"][:1] if run.get("warmup") else cfg["examples"]))
+        if not run.get("warmup"):
+            runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": 0})
     return {"available": True, "how": "concurrent.futures.ThreadPoolExecutor(max_workers=c) over BlackboxLLM(x)", "runs": runs}
 
 
