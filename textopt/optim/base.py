@@ -12,6 +12,7 @@ logs a StepReport (reasoning and diff) per step.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
@@ -99,13 +100,18 @@ class Optimizer:
     """Base class. memory=k shows the last k steps (values and their feedback) in update prompts;
     temperatures: the first ask, then one re-ask per further entry for parameters a proposal left
     unchanged (None = the engine's own); max_value_chars caps a new value; strict=True raises UpdateError
-    after a step with failures instead of only recording them."""
+    after a step with failures instead of only recording them. templates={"tgd_update.j2": text or path}
+    replaces prompt templates for this optimizer's calls (checked here: a bad one fails before any call)."""
 
     #: Placeholders of this optimizer's own templates, on top of PLACEHOLDERS.
     placeholders: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, parameters: Iterable[Variable], *, engine: "Engine | str | None" = None, strict: bool = False,
-                 memory: int = 0, temperatures: Sequence[float | None] = (None, 0.7), max_value_chars: int = 20_000) -> None:
+                 memory: int = 0, temperatures: Sequence[float | None] = (None, 0.7), max_value_chars: int = 20_000,
+                 templates: "Mapping[str, str | os.PathLike[str]] | None" = None) -> None:
+        from ..prompts import load_overrides
+
+        self.templates = load_overrides(templates)  # checked now (and the override directory): a bad one fails here
         params = list(parameters)
         if not params:
             raise ValueError("the optimizer got no parameters: pass the trainable Variables to optimize")
@@ -151,7 +157,10 @@ class Optimizer:
             if not isinstance(feedback, str) or not feedback.strip():
                 raise ValueError("feedback must be non-empty text saying how the output fell short (or None)")
             output.add_gradient(feedback)
-        await run_backward(output, engine if engine is not None else self.engine)
+        from ..prompts import using_templates
+
+        with using_templates(self.templates):
+            await run_backward(output, engine if engine is not None else self.engine)
 
     def backward(self, output: Variable, feedback: str | None = None, *, engine: "Engine | str | None" = None) -> None:
         """Sync `abackward`."""
@@ -174,6 +183,8 @@ class Optimizer:
     # -- 3. applying proposals ----------------------------------------------------------------
     async def astep(self, params: Sequence[Variable] | None = None) -> StepReport:
         """One update of `params` (default: all). Failures are recorded, never raised (unless strict)."""
+        from ..prompts import using_templates
+
         todo = self._targets(params)
         self.steps += 1
         report = StepReport(step=self.steps)
@@ -184,7 +195,8 @@ class Optimizer:
             if not todo:
                 break
             try:
-                proposals = await self.propose(todo, temperature=temperature, rejected=rejected)
+                with using_templates(self.templates):
+                    proposals = await self.propose(todo, temperature=temperature, rejected=rejected)
             except (ParseError, EngineError) as exc:
                 who = todo[0].name if len(todo) == 1 else "*"
                 self._fail(report, who, str(exc), getattr(exc, "reply", ""), "reply" if isinstance(exc, ParseError) else "engine")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ..engines.base import Engine
 from ..errors import GraphError, ParseError
-from ..prompts import render_messages, unescape_tags
+from ..prompts import render_messages, unescape_tags, using_templates
 from ..variable import Variable
 from .base import Optimizer, Proposal
 from .parse import _objects, loads, parse_reply
@@ -46,10 +46,11 @@ class OptoPrime(Optimizer):
         strict: bool = False,
         temperatures: Sequence[float | None] = (None, 0.7),
         max_value_chars: int = 20_000,
+        templates: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(parameters, engine=engine, strict=strict, memory=memory, temperatures=temperatures,
-                         max_value_chars=max_value_chars)
+                         max_value_chars=max_value_chars, templates=templates)
         self.options = options  # passed to the engine on the step call, e.g. max_tokens=
         self.constraints = list(constraints)
         self._records: list[_Record] = []
@@ -83,17 +84,18 @@ class OptoPrime(Optimizer):
         asked = list(params) if params is not None else self.parameters
         views = [build_view(r.output, r.feedback, self.parameters) for r in self._records]
         past = [{"values": s.values, "feedback": next(iter(s.feedback.values()), "")} for s in self.past[-self.memory:]] if self.memory else []
-        return render_messages(
-            "optoprime.j2",
-            parameters=self.parameters,
-            asked=asked,
-            views=views,
-            constraints=self.constraints,
-            past=past,
-            notes=self.notes(),
-            rejected=dict(rejected or {}),
-            code_names=[p.name for p in asked if hasattr(p, "check")],
-        )
+        with using_templates(self.templates):  # this optimizer's own template overrides, if any
+            return render_messages(
+                "optoprime.j2",
+                parameters=self.parameters,
+                asked=asked,
+                views=views,
+                constraints=self.constraints,
+                past=past,
+                notes=self.notes(),
+                rejected=dict(rejected or {}),
+                code_names=[p.name for p in asked if hasattr(p, "check")],
+            )
 
     def schema(self, params: Sequence[Variable] | None = None) -> dict[str, Any]:
         names = [p.name for p in (params if params is not None else self.parameters)]

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 from ..backward import feedback_text
 from ..engines.base import Engine
 from ..errors import EngineError, ParseError
-from ..prompts import render_messages
+from ..prompts import render_messages, using_templates
 from ..variable import Variable
 from .base import Optimizer, Proposal
 from .parse import text_field
@@ -54,17 +54,18 @@ class TGD(Optimizer):
 
     def messages_for(self, param: Variable, feedback: str, rejected: Sequence[str] = ()) -> list[dict[str, str]]:
         """The update request for one parameter (exposed so tests and users can read it)."""
-        return render_messages(
-            "tgd_update.j2",
-            role=param.role,
-            value=param.text,
-            feedback=feedback,
-            constraints=self.constraints,
-            past=[{"value": v, "feedback": f} for v, f in self.window(param.name)],
-            examples=self.examples,
-            notes=self.notes([param.name]),
-            rejected=list(rejected),
-        )
+        with using_templates(self.templates):  # this optimizer's own template overrides, if any
+            return render_messages(
+                "tgd_update.j2",
+                role=param.role,
+                value=param.text,
+                feedback=feedback,
+                constraints=self.constraints,
+                past=[{"value": v, "feedback": f} for v, f in self.window(param.name)],
+                examples=self.examples,
+                notes=self.notes([param.name]),
+                rejected=list(rejected),
+            )
 
     async def propose(self, params: list[Variable], *, temperature: float | None,
                       rejected: dict[str, list[str]]) -> Mapping[Variable, Proposal | BaseException]:
