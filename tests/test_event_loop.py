@@ -138,6 +138,29 @@ def test_sync_user_functions_in_worker_threads_share_the_limit():
     assert eng.max_in_flight == 1
 
 
+def test_blocking_engines_dont_deadlock_when_sync_callers_fill_the_loops_threads():
+    """12 sync user functions in the loop's default executor wait for an engine whose provider work is
+    blocking (as llama.cpp's is): that work must not queue behind them in the same executor."""
+
+    class Blocking(to.ScriptedEngine):
+        async def _acomplete(self, request):
+            await self._in_worker(time.sleep, 0.01)
+            return await super()._acomplete(request)
+
+    eng = Blocking("x", max_concurrency=1)
+
+    async def run() -> list[str]:
+        return await asyncio.gather(*(asyncio.to_thread(lambda i=i: eng.complete([{"role": "user", "content": f"q{i}"}]).text)
+                                      for i in range(12)))
+
+    box: dict[str, list[str]] = {}
+    t = threading.Thread(target=lambda: box.setdefault("out", run_sync(run())), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "deadlock: blocking provider work queued behind the callers waiting for it"
+    assert box["out"] == ["x"] * 12
+
+
 def test_identical_requests_in_flight_make_one_provider_call(tmp_path):
     eng = to.ScriptedEngine(lambda m: "reply to " + m[-1]["content"], latency=0.1, cache=DiskCache(tmp_path))
 

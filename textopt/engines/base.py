@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextvars
 import dataclasses
+import functools
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 from .. import image
 from .._sync import run_on_textopt_loop, run_sync
@@ -27,6 +30,7 @@ from .retry import call_with_retries
 from .usage import Usage, active_trackers
 
 Message = dict[str, str]
+T = TypeVar("T")
 _account_lock = threading.Lock()
 
 
@@ -121,6 +125,7 @@ class Engine:
         self._supports_images = supports_images
         self._inflight: InFlight[Completion] = InFlight()
         self._semaphore: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- what subclasses implement ------------------------------------------------------------
     async def _acomplete(self, request: Request) -> Completion:
@@ -155,6 +160,15 @@ class Engine:
     def price_models(self, completion: Completion) -> list[str]:
         """Names to look the price up under in litellm's cost map, best first."""
         return [completion.model, self.model]
+
+    async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking provider work in this engine's own threads. Not the loop's default executor
+        (`asyncio.to_thread`): sync callers run in those threads while they wait for this very call."""
+        with _account_lock:
+            if self._workers is None:
+                self._workers = concurrent.futures.ThreadPoolExecutor(self.max_concurrency, f"textopt-{self.kind}")
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._workers, call)
 
     # -- the public entry points --------------------------------------------------------------
     async def acomplete(
@@ -239,8 +253,8 @@ class Engine:
     async def _cost(self, completion: Completion) -> float | None:
         if self.free:
             return 0.0
-        if not pricing.loaded():  # the first lookup imports litellm: keep the loop free meanwhile
-            await asyncio.to_thread(pricing.cost_map)
+        if not pricing.loaded():  # the first lookup reads a 3 MB file: keep the loop free meanwhile
+            await self._in_worker(pricing.cost_map)
         return pricing.cost_usd(self.price_models(completion), completion.prompt_tokens, completion.completion_tokens)
 
     async def _check_budget(self) -> None:
@@ -252,7 +266,7 @@ class Engine:
         if self.budget_usd is None or self.free:
             return
         if not pricing.loaded():
-            await asyncio.to_thread(pricing.cost_map)
+            await self._in_worker(pricing.cost_map)
         if not self.usage.cost_known or pricing.cost_usd([self.model], 0, 0) is None:
             raise BudgetExceeded(
                 f"budget_usd={self.budget_usd} can't be held on {self.kind} engine {self.model!r}: litellm's cost "

@@ -5,7 +5,6 @@ schema with a grammar, so even this model returns parseable structured replies.
 """
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import importlib.util
 import os
@@ -125,4 +124,4 @@ class LocalEngine(Engine):
         return len(llama.tokenize(text.encode("utf-8"), add_bos=True)) + 8 * len(messages)
 
     async def _acomplete(self, request: Request) -> Completion:
-        return await asyncio.to_thread(self._run, request)
+        return await self._in_worker(self._run, request)
