@@ -36,7 +36,10 @@ class LLMCall(Function):
         messages = []
         if system is not None:
             messages.append({"role": "system", "content": require_text(system, "LLM call")})
-        messages.append({"role": "user", "content": require_text(user, "LLM call")})
+        from ..image import Image
+
+        # an image input goes to the model as image content (engines that can't take it fail before the call)
+        messages.append({"role": "user", "content": user.value if isinstance(user.value, Image) else require_text(user, "LLM call")})
         engine = resolve_engine(self.engine)
         reply = await engine.acomplete(messages, **self.options)
         ctx.engine = engine
