@@ -15,7 +15,8 @@ from .evaluate import EvalReport, Score, aevaluate, evaluate  # eager on purpose
 from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .loss import TextLoss
-from .ops import LLM, LLMCall, sum
+from .image import Image, ImagesNotSupported
+from .ops import LLM, FormattedLLMCall, LLMCall, sum
 from .optim import TGD, OptoPrime, Optimizer, Proposal, StepReport, UpdateFailure
 from .trace import TraceError, trace
 from .variable import Gradient, Variable
@@ -30,6 +31,7 @@ __all__ = [
     "Trainer", "History", "resume", "save", "load", "datasets", "aegis",  # lazy (see _LAZY)
     "evaluate", "aevaluate", "EvalReport", "Score",
     "Search",  # lazy: candidate search (issue 10)
+    "FormattedLLMCall", "Image", "ImagesNotSupported",  # several fields, images (issue 15)
 ]
 
 _LAZY: dict[str, tuple[str, str | None]] = {
