@@ -523,7 +523,7 @@ def test_search_on_the_local_model_runs_and_records(local_engine, tmp_path):
         return await llm.acall(to.Variable(ex.question, role="review"))
 
     data = sentiment(6, seed=1)
-    opt = to.TGD([prompt], engine=local_engine, max_tokens=32)
+    opt = to.OptoPrime([prompt], engine=local_engine, max_tokens=32, temperatures=(None,))  # one short ask per step
     result = Search([prompt], forward=forward, train=data[:4], val=data[4:], metric=label_metric("sentiment"), proposer=opt,
                     minibatch=2, budget=10, run_dir=tmp_path / "run").fit()
     assert result.stopped in ("budget_metric_calls", "budget_engine")
