@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,6 +56,10 @@ class CountingProxy:
                                                  headers={"content-type": "application/json"})
                     with urllib.request.urlopen(req, timeout=120) as resp:
                         status, data = resp.status, resp.read()
+                except urllib.error.HTTPError as exc:  # the upstream's own error status passes through
+                    status, data = exc.code, exc.read()
+                except OSError as exc:  # upstream gone (killed): answer as a gateway would
+                    status, data = 502, json.dumps({"error": {"message": f"upstream: {exc}"}}).encode()
                 finally:
                     with outer.lock:
                         outer.in_flight -= 1

@@ -15,7 +15,9 @@ def get_engine(spec: str, **options: Any) -> Engine:
     """Build an engine from a spec string.
 
     "local" (or "local:/path/model.gguf"): embedded SmolLM2 via llama.cpp; "openai:<model>" (with
-    base_url=... for any OpenAI-compatible server); "litellm:<model>"; "scripted" (reply=..., latency=...).
+    base_url=... for any OpenAI-compatible server); "litellm:<model>"; "router" (endpoints=[{"model": ...,
+    "base_url": ...}, ...]: several servers behind litellm's Router); "scripted" (reply=..., latency=...).
+    Every engine takes timeout= (s per attempt), max_time=, max_concurrency=, cache=, budget_tokens=, budget_usd=.
     """
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
@@ -35,9 +37,17 @@ def get_engine(spec: str, **options: Any) -> Engine:
         if not rest:
             raise ValueError("litellm engine spec needs a model: 'litellm:<provider/model>'")
         return LiteLLMEngine(rest, **options)
+    if kind == "router":
+        from .router import RouterEngine
+
+        if "endpoints" not in options:
+            raise ValueError("the router engine needs endpoints=[{'model': ..., 'base_url': ...}, ...]")
+        return RouterEngine(options.pop("endpoints"), **options)
     if kind == "scripted":
         return ScriptedEngine(**options)
-    raise ValueError(f"unknown engine spec {spec!r}: use 'local', 'openai:<model>', 'litellm:<model>' or 'scripted'")
+    raise ValueError(
+        f"unknown engine spec {spec!r}: use 'local', 'openai:<model>', 'litellm:<model>', 'router' or 'scripted'"
+    )
 
 
 def as_engine(engine: Engine | str) -> Engine:
