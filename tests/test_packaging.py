@@ -23,7 +23,7 @@ def test_wheel_ships_all_prompts_and_renders_from_install(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import textopt.prompts as p; m = p.render_messages('tgd_update.j2', role='r', value='v', feedback='f', "
-        "constraints=[], past=[], examples=[]); print(p.prompt_dir()); print(len(m))"
+        "constraints=[], past=[], notes=[], rejected=[], examples=[]); print(p.prompt_dir()); print(len(m))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""}).stdout.split()
