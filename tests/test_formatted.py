@@ -210,3 +210,16 @@ def test_search_optimizes_a_field_template():
     result = Search([tmpl], forward=lambda ex: call(question=ex), train=examples, val=examples, metric=metric,
                     proposer="tgd", engine=eng, minibatch=2, budget=20, seed=0).fit()
     assert result.best_val == 1.0 and result.best["tmpl"] == better and tmpl.value == better
+
+
+def test_trainable_template_refuses_an_update_that_breaks_it():
+    eng = to.ScriptedEngine(lambda m: json.dumps({"reasoning": "r", "new_value": "Paris"})
+                            if "improve one text variable" in m[0]["content"] else "Lyon")
+    call = to.FormattedLLMCall(TEMPLATE, fields=QA, engine=eng, trainable=True)
+    assert call.parameters() == [call.template] and call.template.requires_grad
+    opt = to.TGD(call.parameters(), engine=eng)
+    opt.backward(call(question="Capital?", context="Paris."), "wrong city")
+    report = opt.step()
+    assert call.template.value == TEMPLATE and report.failures[0].kind == "refused"
+    assert "never shows field(s) question, context" in report.failures[0].error
+    assert not to.FormattedLLMCall(TEMPLATE, fields=QA).template.requires_grad

@@ -33,6 +33,24 @@ class FieldTemplateError(ValueError):
     """A field template can't be used: a jinja2 syntax error, an unknown name, or a field it never shows."""
 
 
+class FieldTemplate(Variable):
+    """A trainable field template: refuses a new value that doesn't parse, names an unknown field or leaves one
+    out (an optimizer records that as a "refused" update and keeps the old value)."""
+
+    def __init__(self, value: str, *, fields: Mapping[str, str], role: str, requires_grad: bool = True,
+                 name: str | None = None) -> None:
+        super().__init__(value, role=role, requires_grad=requires_grad, name=name)
+        self.fields = dict(fields)
+
+    def set_value(self, value: str) -> None:
+        if isinstance(value, str):
+            try:
+                check_template(value, self.fields)
+            except FieldTemplateError as exc:
+                raise ValueError(str(exc)) from None
+        super().set_value(value)
+
+
 class _Field:
     """What a template sees for a field: `{{ name }}` is the value between <name> tags, escaped;
     `{{ name | data("tag", 500) }}` picks the tag and a length cap; `{{ name.role }}`, `{{ name.name }}`."""
@@ -123,12 +141,15 @@ class FormattedLLMCall(Function):
                                    fields={"question": "question to answer", "context": "retrieved passage"})
         answer = call(question=q, context=c)
 
-    template: jinja2 text or a Variable holding it (trainable: an optimizer rewrites it). `{{ field }}` inserts the
-    field's value between tags named after it, escaped. system_prompt: optional (str or Variable).
-    Other keyword options (max_tokens=...) go to the engine."""
+    template: jinja2 text, or a Variable holding it. trainable=True makes `call.template` a trainable Variable (pass
+    it to an optimizer) that refuses rewrites which break the template; a trainable Variable of your own works too,
+    and a broken rewrite of it makes the next call an error node. `{{ field }}` inserts the field's value between
+    tags named after it, escaped. system_prompt: optional (str or Variable). Other keyword options (max_tokens=...)
+    go to the engine."""
 
     def __init__(self, template: str | Variable, fields: Mapping[str, str], engine: Engine | str | None = None, *,
-                 system_prompt: str | Variable | None = None, role: str | None = None, **options: Any) -> None:
+                 system_prompt: str | Variable | None = None, role: str | None = None, trainable: bool = False,
+                 **options: Any) -> None:
         if not fields:
             raise ValueError("FormattedLLMCall needs fields={name: role}, e.g. {'question': 'question to answer'}")
         for name, frole in fields.items():
@@ -140,7 +161,11 @@ class FormattedLLMCall(Function):
                 raise ValueError(f"field {name!r} needs a role: a short description of what it holds")
         self.fields = dict(fields)
         if isinstance(template, str):
-            template = Variable(template, role="prompt template (fields: " + ", ".join(self.fields) + ")")
+            check_template(template, self.fields)
+            template = FieldTemplate(template, fields=self.fields, requires_grad=trainable,
+                                     role="prompt template (fields: " + ", ".join(self.fields) + ")")
+        elif trainable:
+            raise ValueError("trainable=True is for a template given as text; a Variable is trainable when it has requires_grad=True")
         if not isinstance(template, Variable):
             raise TypeError(f"template must be jinja2 text or a Variable holding it, got {type(template).__name__}")
         check_template(template.text, self.fields)  # a bad template fails here, before any call
