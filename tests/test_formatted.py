@@ -223,3 +223,29 @@ def test_trainable_template_refuses_an_update_that_breaks_it():
     assert call.template.value == TEMPLATE and report.failures[0].kind == "refused"
     assert "never shows field(s) question, context" in report.failures[0].error
     assert not to.FormattedLLMCall(TEMPLATE, fields=QA).template.requires_grad
+
+
+@pytest.mark.local
+def test_fields_and_judge_on_the_local_model(local_engine):
+    """Real model: the call and the judge run, and backward makes one critic call per trainable field, each naming it."""
+    qa = to.FormattedLLMCall(TEMPLATE, fields=QA, engine=local_engine, trainable=True, max_tokens=16)
+    q = to.Variable("What is the capital of France?", role="question to answer", requires_grad=True, name="q")
+    answer = qa(question=q, context="Paris is the capital of France.")
+    judge = to.TextLoss("Does the answer agree with the reference? Reply in one sentence.",
+                        fields={"answer": "answer to judge", "reference": "reference answer"}, engine=local_engine,
+                        max_tokens=24)
+    loss = judge(answer=answer, reference="Paris")
+    assert isinstance(answer.text, str) and isinstance(loss.text, str) and loss.is_objective
+    seen: list[str] = []
+    real = local_engine.acomplete
+
+    async def counting(messages, **options):
+        seen.append(messages[-1]["content"].rsplit("Give feedback on ", 1)[-1].split(" (")[0])
+        return await real(messages, **{**options, "max_tokens": 24})
+
+    local_engine.acomplete = counting
+    try:
+        loss.backward(local_engine)
+    finally:
+        del local_engine.acomplete
+    assert sorted(seen) == ["the field answer", "the field question", "the prompt template"]
