@@ -196,3 +196,12 @@ def test_text_only_model_on_llama_server_fails_before_any_request(llama_server):
         assert isinstance(reply.text, str) and proxy.requests == 1
     finally:
         proxy.close()
+
+
+def test_openai_shaped_parts_given_by_hand_are_images_too(fake_openai):
+    eng = to.get_engine("openai:vision", base_url=fake_openai.url, supports_images=True, cache=False)
+    eng.complete([{"role": "user", "content": [{"type": "text", "text": "What?"},
+                                               {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}])
+    assert fake_openai.bodies[-1]["messages"][-1]["content"][1] == {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    with pytest.raises(to.ImagesNotSupported):  # and so they are checked like any image
+        to.ScriptedEngine("x").complete([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://e/a.png"}}]}])

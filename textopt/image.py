@@ -123,6 +123,9 @@ def content(value: Any) -> str | list[Any]:
         for part in value:
             if isinstance(part, dict) and part.get("type") == "text":
                 part = part.get("text", "")
+            elif isinstance(part, dict) and part.get("type") == "image_url":  # an OpenAI-shaped part given by hand
+                url = part.get("image_url")
+                part = Image(url.get("url", "") if isinstance(url, dict) else str(url))
             parts.append(part if isinstance(part, Image) else str(part))
         return parts
     return str(value)
