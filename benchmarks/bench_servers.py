@@ -98,6 +98,12 @@ class _Accounting:
             return self.runs.get(run, RunStats())
 
 
+class _Listener(ThreadingHTTPServer):
+    # socketserver's default accept backlog is 5: a burst of 32-64 new connections would overflow it and the
+    # kernel would drop SYNs (clients retry after 1-3 s). A real provider accepts them; so do we.
+    request_queue_size = 512
+
+
 class _Server:
     """A ThreadingHTTPServer in a daemon thread, with per-run accounting."""
 
@@ -106,7 +112,7 @@ class _Server:
     def __init__(self) -> None:
         self.acct = _Accounting()
         self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.httpd = _Listener(("127.0.0.1", self.port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

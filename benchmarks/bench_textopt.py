@@ -193,6 +193,7 @@ async def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
             report = await aevaluate(forward, examples, metric, concurrency=c)
             scores = [row.score for row in report.rows if row.score is not None]
             errors = sum(1 for row in report.rows if row.error)
+            first_error = next((row.error for row in report.rows if row.error), None)
         else:
             sem = asyncio.Semaphore(c)
 
@@ -201,9 +202,10 @@ async def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
                     s = metric(ex, await forward(ex))
                     return float(getattr(s, "value", s[0] if isinstance(s, tuple) else s))
 
-            scores, errors = list(await asyncio.gather(*(one(ex) for ex in examples))), 0
+            scores, errors, first_error = list(await asyncio.gather(*(one(ex) for ex in examples))), 0, None
         if not run.get("warmup"):
-            runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": errors})
+            runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": errors,
+                         **({"first_error": first_error[:300]} if first_error else {})})
     return {"available": True, "how": how, "runs": runs}
 
 

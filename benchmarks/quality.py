@@ -212,6 +212,15 @@ def markdown(res: dict[str, Any], plot_name: str | None = None) -> list[str]:
          f"{s['seeds']}; test accuracy on {s['test']} held-out examples ({res['data']}), scored by one shared scorer "
          "(template in the user turn, greedy, 24 tokens, exactly-one-label metric). Means over seeds with 95% t-intervals; "
          "task-model and optimizer usage counted at the server (mean per run).", ""]
+    spread = HERE / "spread.json"
+    if spread.is_file():  # why these tasks: the prompt moves accuracy a lot here (benchmarks/prompt_spread.py)
+        import json
+
+        from prompt_spread import markdown as spread_md
+
+        L += ["**Why these tasks: the prompt matters.** A bare prompt against hand-written instruction templates "
+              "(each in the user turn around the input), n=100 per prompt; `python benchmarks/prompt_spread.py`:", "",
+              spread_md(json.loads(spread.read_text(encoding="utf-8"))), ""]
     for task, t in res["tasks"].items():
         b = t.get("before", {})
         L += [f"**{task}** — seed prompt: {_pct(b.get('accuracy'))} on the test set "

@@ -33,7 +33,9 @@ def wl_throughput(r: Any, lat: Any, mode: dict[str, Any], publish: Callable[[dic
     levels = list(mode.get("throughput_levels", CONCURRENCY))
     task = "sentiment"
     template = datasets.TEMPLATES[task]["one-word"]
-    examples = [{"question": e.question, "answer": e.answer} for e in datasets.load(task, n=n, seed=2)]
+    # numbered, so no two requests are the same (the generator repeats sentences; a cache or in-flight dedupe
+    # would otherwise serve the repeats and the figures would not be n requests)
+    examples = [{"question": f"{i}. {e.question}", "answer": e.answer} for i, e in enumerate(datasets.load(task, n=n, seed=2), 1)]
     latency = getattr(lat, "latency", 0.05)
     res: dict[str, Any] = {"n": n, "latency_s": latency, "levels": levels, "task": task, "template": template,
                            "limit_s": {str(c): n * latency / c for c in levels}, "frameworks": {}, "target": TARGET}
@@ -55,7 +57,8 @@ def wl_throughput(r: Any, lat: Any, mode: dict[str, Any], publish: Callable[[dic
                 limit = n * latency / c
                 rows[str(c)] = {"seconds": round(run["seconds"], 3), "per_second": round(n / run["seconds"], 1),
                                 "x_limit": round(run["seconds"] / limit, 2), "calls": st.calls,
-                                "max_in_flight": st.max_in_flight, "scored": run["scored"], "errors": run.get("errors", 0)}
+                                "max_in_flight": st.max_in_flight, "scored": run["scored"], "errors": run.get("errors", 0),
+                                **({"first_error": run["first_error"]} if run.get("first_error") else {})}
             res["frameworks"][name] = {"available": True, "how": out.get("how", ""), "levels": rows}
         from run import log  # the harness's logger (this module is loaded by run.py)
 
