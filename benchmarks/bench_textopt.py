@@ -306,9 +306,33 @@ def _quality(cfg: dict[str, Any]) -> dict[str, Any]:
                 for r in getattr(hist, "rows", []) if (r.get("step") or 0) > 0]
         return {"available": True, "final_prompt": prog.template.value, "task_calls": prog.calls, "steps": rows,
                 "val_best": getattr(hist, "best_val", None), "failures": [f.error[:200] for f in opt.failures][:5], "how": "to.Trainer(TGD)"}
-    # OptoPrime: Trainer drives it once optimizers share the feedback hook (optimizer.abackward); until then the
-    # same schedule by hand (benchmarks/peers/_labels.py), with the metric's feedback sentence recorded per output.
     opt = to.OptoPrime([prog.template], engine=prog.opt_engine, max_tokens=cfg["opt_max_tokens"])
+    if hasattr(opt, "abackward"):
+        # The optimizer contract's feedback hook: Trainer hands the summed loss to optimizer.abackward, and
+        # OptoPrime reads its text as the feedback. The loss is the metric's verdict as a traced node (no LLM call).
+        from textopt import datasets
+
+        labels = tuple(cfg["labels"])
+
+        @to.trace
+        def verdict(reply: str, expected: str) -> str:
+            """The label metric's verdict on the reply: correct, or which labels it named instead of the expected one."""
+            return datasets.label_feedback(reply, expected, labels)[1]
+
+        async def loss(ex: Any, out: to.Variable) -> to.Variable:
+            return verdict(out, ex["answer"])
+
+        steps = schedule_steps(cfg["budget"], len(cfg["val"]), cfg["batch"])
+        trainer = to.Trainer(prog.forward, loss, opt, train=cfg["train"], val=cfg["val"], batch_size=cfg["batch"],
+                             steps=steps, keep_best=True, metric=prog.float_metric, seed=cfg["seed"], progress=False,
+                             concurrency=4)
+        hist = trainer.fit()
+        rows = [{"step": r.get("step"), "val": r.get("val"), "accepted": r.get("accepted"), "failures": r.get("failures", 0)}
+                for r in getattr(hist, "rows", []) if (r.get("step") or 0) > 0]
+        return {"available": True, "final_prompt": prog.template.value, "task_calls": prog.calls, "steps": rows,
+                "val_best": getattr(hist, "best_val", None), "failures": [f.error[:200] for f in opt.failures][:5],
+                "how": "to.Trainer(OptoPrime), loss = traced metric verdict"}
+    # Older optimizer base without the feedback hook: the same schedule by hand (benchmarks/peers/_labels.py).
 
     async def astep(batch: list[dict[str, str]]) -> None:
         outs = await asyncio.gather(*(prog.forward(ex) for ex in batch))
