@@ -68,6 +68,7 @@ class FakeEngine(Engine):
 
     kind = "fake"
     supports_json_schema = True
+    free = True  # offline: every call costs $0 (and needs no cost-map lookup)
 
     def __init__(self, *, latency: float = 0.0, model: str = "fake", **kwargs: Any) -> None:
         kwargs.setdefault("retry_wait", 0.0)
