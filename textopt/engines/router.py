@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from ..image import openai_messages
 from ..secrets import scrub_url
 from .base import Completion, Request
 from .litellm import LiteLLMEngine
@@ -89,5 +90,5 @@ class RouterEngine(LiteLLMEngine):
 
     async def _acomplete(self, request: Request) -> Completion:
         kwargs = self._kwargs(request)
-        resp = await self._router.acompletion(model=GROUP, messages=request.messages, **kwargs)
+        resp = await self._router.acompletion(model=GROUP, messages=openai_messages(request.messages), **kwargs)
         return self._completion(resp)
