@@ -258,3 +258,17 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
     to.Trainer(forward, loss, opt, train=DATA[:4], batch_size=2, steps=2, progress=True).fit()
     err = capsys.readouterr().err
     assert "2/2" in err and "tokens=" in err
+
+
+def test_a_sync_metric_that_calls_an_llm_works_under_the_trainer():
+    """Sync user code (forward, loss, metric) may make sync LLM calls: the Trainer must not run it on the
+    textopt loop, where a sync call could only raise or deadlock."""
+    judge = to.ScriptedEngine("yes")
+    engine, prompt, opt, forward, loss = make(lambda m: update_reply("Answer with a number.") if '"new_value"' in m[0]["content"] else "2")
+
+    def llm_metric(example, output):
+        verdict = judge.complete([{"role": "user", "content": f"Is {output.text!r} equal to {example.answer}?"}])
+        return 1.0 if verdict.text == "yes" else 0.0
+
+    history = to.Trainer(forward, loss, opt, train=DATA[:2], val=DATA[2:3], batch_size=2, steps=1, metric=llm_metric).fit()
+    assert history.rows[-1]["train"] == 1.0 and len(judge.calls) == 2 + 2  # two train examples, val before and after

@@ -325,9 +325,9 @@ class Trainer:
         return report
 
     # -- one step ------------------------------------------------------------------------------
-    def _score(self, example: Any, output: Variable) -> float | None:
+    async def _score(self, example: Any, output: Variable) -> float | None:
         self.run.metric_calls += 1
-        value = self.metric(example, output)
+        value = await _call(self.metric, example, output)  # a sync metric may make sync LLM calls: not on the loop
         value = value[0] if isinstance(value, tuple) else getattr(value, "value", value)  # to.Score / (score, why)
         return None if value is None else float(value)
 
@@ -356,7 +356,7 @@ class Trainer:
                         return out, _as_variable(await _call(self.loss, ex, out), "loss")
 
                 pairs = await asyncio.gather(*(one(ex) for ex in batch))
-                train_score = _mean([self._score(ex, out) for ex, (out, _) in zip(batch, pairs)])
+                train_score = _mean(await asyncio.gather(*(self._score(ex, out) for ex, (out, _) in zip(batch, pairs))))
                 self.optimizer.zero_grad()
                 losses = [loss for _, loss in pairs]
                 total = losses[0] if len(losses) == 1 else tsum(losses)
