@@ -61,7 +61,7 @@ MODES: dict[str, dict[str, Any]] = {
     # throughput_n: examples per level for (h); quality: (g) tasks, seeds, budget of task-model calls, split sizes.
     "full": {"timing_reps": 9, "import_reps": 9, "nodes": [10, 100, 2000], "valid_steps": 30,
              "e2e": {"eval": 20, "steps": 5, "batch": 3}, "max_tokens": 256, "real_model": True, "throughput_n": 1000,
-             "quality": {"tasks": ["sentiment", "categories"], "seeds": [0, 1, 2], "budget": 100, "train": 30, "val": 10,
+             "quality": {"tasks": ["sentiment", "categories"], "seeds": [0, 1, 2], "budget": 60, "train": 30, "val": 10,
                          "test": 100, "batch": 3}},
     "quick": {"timing_reps": 5, "import_reps": 5, "nodes": [10, 100, 2000], "valid_steps": 3,
               "e2e": {"eval": 3, "steps": 2, "batch": 1}, "max_tokens": 128, "real_model": True, "throughput_n": 1000,
@@ -596,7 +596,12 @@ def missed_notes(res: dict[str, Any]) -> list[str]:
         t = h["frameworks"]["textopt"]["levels"]
         notes.append("(h) textopt evaluation: " + ", ".join(f"c={c}: {v['seconds']:.2f} s = {v['x_limit']:.2f}× the limit" for c, v in t.items())
                      + "; " + ", ".join(f"{k}: " + ", ".join(f"c={c}: {v['seconds']:.2f} s" for c, v in row["levels"].items())
-                                        for k, row in h["frameworks"].items() if k != "textopt" and row.get("available")))
+                                        for k, row in h["frameworks"].items() if k != "textopt" and row.get("available"))
+                     + ". Where the time goes (cProfile of the textopt loop thread, 400 examples at c=64): httpcore's async "
+                     "connection pool re-scans every connection for every queued request on each event "
+                     "(_assign_requests_to_connections, ~30% of the loop's time), then the openai SDK's request transform "
+                     "and per-call retry set-up; all of it on one event-loop thread, while the peers spread the same work "
+                     "over c threads. The engines' HTTP path (not the evaluation loop) is what to make leaner.")
     if w.get("quality"):
         from quality import missed as quality_missed
 
@@ -740,7 +745,7 @@ def _save(res: dict[str, Any], previous: dict[str, Any], out_json: Path, out_md:
         "commands": sorted(set(prev_meta.get("commands", [])) | set(commands)),
     }
     for key, mod, png in (("throughput", "throughput", "throughput.png"), ("quality", "quality", "quality.png")):
-        if key in res["workloads"] and res["workloads"][key].get("frameworks", res["workloads"][key].get("optimizers")):
+        if key in res["workloads"] and (res["workloads"][key].get("frameworks") or res["workloads"][key].get("tasks")):
             plotted = __import__(mod).plot(res["workloads"][key], out_json.parent / png)
             if plotted is not None:
                 res["workloads"][key]["plot"] = os.path.relpath(plotted, out_md.parent)
