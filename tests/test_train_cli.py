@@ -3,6 +3,7 @@ same result as an uninterrupted run on the same cache; --json logs; budgets; `te
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--engine", "scripted", "--latency", "0.03", "--steps", "6", "--batch-size", "2", "--eval-size", "4", "--val-size", "3"]
+BASE = ["--engine", "scripted", "--latency", "0.03", "--task", "object_counting", "--optimizer", "tgd"]  # the Trainer path
+ARGS = [*BASE, "--steps", "6", "--batch-size", "2", "--eval-size", "4", "--val-size", "3"]
 
 
 def textopt(*args: str, cache: Path, **kw) -> subprocess.CompletedProcess:
@@ -89,6 +91,9 @@ def test_json_mode_budget_stop_resume_with_new_budget_and_report(tmp_path):
     out = textopt("optimize", *ARGS, "--budget-calls", "30", "--out", str(run), "--json", cache=cache)
     assert out.returncode == 0, out.stderr
     ev = events(out.stdout)  # every line is JSON
+    assert ev[1] == {"event": "phase", "phase": "test_before", "what": "scoring the initial prompt on 4 held-out examples",
+                     "total": 4}  # each long stretch of work is announced (the display's heartbeat names it)
+    ev = [e for e in ev if e["event"] != "phase"]
     kinds = [e["event"] for e in ev]
     assert kinds[:3] == ["start", "eval", "eval"] and kinds[3] == "step" and ev[-1]["event"] == "result"
     assert [e["name"] for e in ev[1:3]] == ["test_before", "val_step0"]  # every evaluation report is an event
@@ -109,7 +114,7 @@ def test_json_mode_budget_stop_resume_with_new_budget_and_report(tmp_path):
 
 
 def test_text_mode_prints_before_after_tokens_and_prompt_and_saves_the_run_by_default(tmp_path):
-    out = textopt("optimize", *ARGS[:4], "--steps", "2", cache=tmp_path / "cache", cwd=tmp_path)
+    out = textopt("optimize", *BASE, "--steps", "2", cache=tmp_path / "cache", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     for needle in ("accuracy before:", "accuracy after:", "tokens:", "final prompt:"):
         assert needle in out.stdout
@@ -126,8 +131,8 @@ def test_cli_errors_are_clear(tmp_path):
     r = textopt("report", str(tmp_path / "nothing"), cache=cache)
     assert r.returncode == 2 and "checkpoint.json" in r.stderr
     run = tmp_path / "run"
-    assert textopt("optimize", *ARGS[:4], "--steps", "1", "--out", str(run), cache=cache).returncode == 0
-    r = textopt("optimize", *ARGS[:4], "--steps", "1", "--out", str(run), cache=cache)
+    assert textopt("optimize", *BASE, "--steps", "1", "--out", str(run), cache=cache).returncode == 0
+    r = textopt("optimize", *BASE, "--steps", "1", "--out", str(run), cache=cache)
     assert r.returncode == 2 and "textopt resume" in r.stderr
 
 
@@ -199,3 +204,59 @@ def test_optimize_with_optoprime_on_the_fake_model(tmp_path, capsys):
                  "--eval-size", "1", "--val-size", "1", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "with optoprime" in out and "final prompt:" in out
+
+
+def test_default_job_is_search_on_a_label_task_with_gain_interval_and_phases(tmp_path):
+    """`textopt optimize` with no task/optimizer: search over an instruction template on sentiment; before,
+    after and the paired gain each with an interval; every long phase announced on stderr; the run saved."""
+    out = textopt("optimize", "--engine", "scripted", "--eval-size", "6", "--val-size", "3", "--steps", "2",
+                  cache=tmp_path / "cache", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "task: sentiment on scripted with search" in out.stdout
+    for name in ("before", "after"):
+        m = re.search(rf"accuracy {name}:\s+([0-9.]+) \(95% CI ([0-9.]+)-([0-9.]+)\)", out.stdout)
+        assert m and float(m.group(2)) <= float(m.group(1)) <= float(m.group(3)), out.stdout
+    gain = re.search(r"gain: ([+-][0-9.]+) \(paired 95% CI ([+-][0-9.]+) to ([+-][0-9.]+); the interval (includes|excludes) 0", out.stdout)
+    assert gain and float(gain.group(2)) <= float(gain.group(1)) <= float(gain.group(3)), out.stdout
+    assert "initial prompt:" in out.stdout or "final prompt: (the initial one, unchanged)" in out.stdout
+    assert "scoring the initial prompt on 6 held-out examples" in out.stderr
+    assert "scoring the best prompt on 6 held-out examples" in out.stderr and "iteration 1 mutation" in out.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run / "result.json").read_text())
+    assert result["task"] == "sentiment" and result["optimizer"] == "search" and "{input}" in result["initial_prompt"]
+    spec = json.loads((run / "spec.json").read_text())["args"]
+    assert spec["max_tokens"] == 24 and spec["update_tokens"] == 256  # sane caps for a small local model
+    assert f"textopt report {Path('runs') / run.name}" in out.stdout
+    rep = textopt("report", str(run), "--no-plot", cache=tmp_path / "cache", cwd=tmp_path)
+    assert rep.returncode == 0 and "Pareto front" in rep.stdout and "test_after" in rep.stdout
+
+
+def test_progress_heartbeat_prints_during_a_silent_phase_and_stops_at_the_end():
+    import io
+
+    from textopt.run import Progress, Run
+
+    stream = io.StringIO()
+    progress = Progress(bar=False, stream=stream, every=0.3)
+    run = Run(None, kind="search", callbacks=[progress])
+    run.log({"event": "phase", "phase": "test_before", "what": "scoring on 5 examples", "total": 5})
+    time.sleep(1.6)
+    run.log({"event": "result"})
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "scoring on 5 examples"
+    beats = [line for line in lines if line.startswith("  ... scoring on 5 examples: 0/5 done")]
+    assert len(beats) >= 2
+    time.sleep(1.2)
+    assert stream.getvalue().splitlines() == lines  # quiet once the run ended
+
+
+def test_task_and_optimizer_sizes_follow_the_job():
+    from textopt import datasets, recipes
+
+    main = recipes.resolve_args({})
+    assert (main["task"], main["optimizer"], main["max_tokens"]) == ("sentiment", "search", 24)
+    assert main["prompt"] == datasets.TEMPLATES["sentiment"]["question"]  # weak but names the labels
+    old = recipes.resolve_args({"task": "object_counting", "optimizer": "tgd"})
+    assert (old["steps"], old["eval_size"], old["max_tokens"]) == (2, 6, 160) and "{input}" not in old["prompt"]
+    assert recipes.resolve_args({"task": "categories", "optimizer": "tgd"})["max_tokens"] == 24
+    assert recipes.resolve_args({"max_tokens": 40})["max_tokens"] == 40

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ._sync import run_sync
+from .function import Feedback, Function, OpContext, require_text
 from .run import Budgets, Callback, RunError, check_not_busy, has_run, read_spec
+from .variable import Variable
 
 if TYPE_CHECKING:
     from .engines.base import Engine
@@ -152,29 +154,102 @@ def _int_at_least(args: Mapping[str, Any], name: str, low: int) -> None:
         raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
 
 
-# -- recipe "optimize": a system prompt on a task, before/after on held-out examples --------------
+# -- recipe "optimize": a prompt on a task, before/after on held-out examples --------------------
+#: The README's main job is these defaults: `textopt optimize` searches for a better instruction template
+#: on the sentiment task with the embedded model. None means "the task's / optimizer's own default" (see
+#: `resolve_args`), so `--task object_counting --optimizer tgd` still gets the sizes that suit it.
 OPTIMIZE_DEFAULTS: dict[str, Any] = {
-    "engine": "local", "backward_engine": None, "base_url": None, "task": "object_counting", "optimizer": "tgd",
-    "steps": 2, "batch_size": 2, "eval_size": 6, "val_size": 3, "prompt": "You are a helpful assistant. Answer the question.",
-    "seed": 0, "max_tokens": 160, "concurrency": 8, "budget_tokens": None, "budget_calls": None, "budget_usd": None,
-    "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False, "budget_metric_calls": None,
-    "train_size": None,
+    "engine": "local", "backward_engine": None, "base_url": None, "task": "sentiment", "optimizer": "search",
+    "steps": None, "batch_size": None, "eval_size": None, "val_size": None, "prompt": None,
+    "seed": 0, "max_tokens": None, "update_tokens": 256, "concurrency": 8, "budget_tokens": None, "budget_calls": None,
+    "budget_usd": None, "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False,
+    "budget_metric_calls": None, "train_size": None,
 }
 OPTIMIZERS = ("tgd", "optoprime", "search")
+#: Sizes when an argument is None: (label task with search) and (anything else, the Trainer's small run).
+#: Label tasks: 40 held-out test examples, 10 validation examples, minibatches of 4, a budget of
+#: (8 + 1) * (10 + 2 * 4) = 162 metric calls -- sized for under 10 minutes on 2 quiet cores with SmolLM2
+#: (about 1-2 s per 24-token answer, 5-10 s per 256-token update).
+SIZES = {
+    "label": {"steps": 8, "batch_size": 4, "eval_size": 40, "val_size": 10, "max_tokens": 24},
+    "other": {"steps": 2, "batch_size": 2, "eval_size": 6, "val_size": 3, "max_tokens": 160},
+}
+#: The seed prompt of an answer task (a system prompt).
+SYSTEM_PROMPT = "You are a helpful assistant. Answer the question."
+#: Role of the trainable instruction template of a label task (what the optimizer is told it rewrites).
+TEMPLATE_ROLE = ("instruction template for a small model that classifies a text; the text is put where {input} "
+                 "stands, and the reply must name exactly one label")
+
+
+def seed_prompt(task: str) -> str:
+    """The default starting prompt: for a label task a weak but reasonable template (it names the labels but
+    does not ask for one word: about a third right on SmolLM2), else a generic system prompt."""
+    from .datasets import LABELS, TEMPLATES
+
+    return TEMPLATES[task]["question"] if task in LABELS else SYSTEM_PROMPT
+
+
+def resolve_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's arguments with every None filled from the task and optimizer (see SIZES)."""
+    from .datasets import LABELS
+
+    a = {**OPTIMIZE_DEFAULTS, **{k: v for k, v in args.items() if v is not None}}
+    a["optimizer"] = str(a["optimizer"]).lower()
+    sizes = SIZES["label" if a["task"] in LABELS and a["optimizer"] == "search" else "other"]
+    for key, value in sizes.items():
+        if a.get(key) is None:
+            a[key] = value
+    if a["max_tokens"] is None or (a["task"] in LABELS and args.get("max_tokens") is None):
+        a["max_tokens"] = SIZES["label" if a["task"] in LABELS else "other"]["max_tokens"]
+    if a["prompt"] is None:
+        a["prompt"] = seed_prompt(a["task"])
+    return a
+
+
+class InstructionCall(Function):
+    """A label task's program: the instruction template with the text in its {input} slot, as the user turn of
+    one call. Backward gives the template what happened on this input (the text, the reply, the verdict) as
+    its feedback, without a second model call: the task's metric already says what went wrong, and a
+    small model's guess on top of it costs time and adds noise."""
+
+    def __init__(self, engine: Any, **options: Any) -> None:
+        self.engine, self.options = engine, options
+
+    async def forward(self, ctx: OpContext, *inputs: Variable) -> str:
+        from .datasets import render
+
+        template, text = inputs
+        message = render(require_text(template, "instruction call"), require_text(text, "instruction call"))
+        reply = await self.engine.acomplete([{"role": "user", "content": message}], **self.options)
+        ctx.engine, ctx.args = self.engine, [("template", template), ("input", text)]
+        ctx.saved.update(template=template, text=text)
+        return reply.text
+
+    def output_role(self, *inputs: Variable) -> str:
+        return "reply of the classifier model"
+
+    async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Any) -> Mapping[Variable, str]:
+        template: Variable = ctx.saved["template"]
+        if not template.requires_grad:
+            return {}
+        return {template: f"Text: {ctx.saved['text'].text}\nReply: {output.text.strip()[:300]}\nVerdict: {feedback.text}"}
 
 
 class _PromptTask(Job):
-    """What the optimize recipes share: arguments, data split, engines, the prompt Variable, forward and loss."""
+    """What the optimize recipes share: arguments, data split, engines, the trainable prompt, forward and loss.
+    Label tasks train an instruction template in the user turn (`InstructionCall`); the others a system prompt."""
 
     def _setup(self, spec: RunSpec, run_dir: str | Path | None, resume: bool) -> dict[str, Any]:
         import textopt as to
-        from .datasets import load, metric_for
+        from .datasets import LABELS, load, metric_for
 
-        a = {**OPTIMIZE_DEFAULTS, **{k: v for k, v in spec.args.items() if v is not None}}
-        for name, low in (("steps", 0), ("batch_size", 1), ("eval_size", 0), ("val_size", 0), ("concurrency", 1)):
+        a = resolve_args(spec.args)
+        for name, low in (("steps", 0), ("batch_size", 1), ("eval_size", 0), ("val_size", 0), ("concurrency", 1),
+                          ("max_tokens", 1), ("update_tokens", 16)):
             _int_at_least(a, name, low)
         if a["optimizer"] not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {a['optimizer']!r}")
+        self.labels = a["task"] in LABELS
         check_new_run_dir(run_dir, resume)
         self.spec, self.args = RunSpec(spec.recipe, a, "search" if a["optimizer"] == "search" else "trainer"), a
         if not a["train_size"]:  # fixed at the first build, so a resume with more steps keeps the same data
@@ -189,16 +264,40 @@ class _PromptTask(Job):
         self.engine = make_engine(a["engine"], base_url=a["base_url"], no_cache=a["no_cache"], latency=a["latency"])
         self.backward_engine = (make_engine(a["backward_engine"], base_url=a["base_url"], no_cache=a["no_cache"],
                                             latency=a["latency"]) if a["backward_engine"] else self.engine)
-        self.prompt = to.Variable(a["prompt"], role="system prompt of an assistant that answers questions",
-                                  requires_grad=True, name="system_prompt")
-        self.llm = to.LLM(self.engine, system_prompt=self.prompt, max_tokens=a["max_tokens"] or 160)
+        if self.labels:
+            self.prompt = to.Variable(a["prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
+        else:
+            self.prompt = to.Variable(a["prompt"], role="system prompt of an assistant that answers questions",
+                                      requires_grad=True, name="system_prompt")
+            self.llm = to.LLM(self.engine, system_prompt=self.prompt, max_tokens=a["max_tokens"])
         self.metric = metric_for(a["task"])  # label tasks score with feedback; the others by exact match
         self.run_dir = run_dir
         return a
 
-    async def forward(self, example: Any) -> Any:
-        from .variable import Variable
+    def proposer(self) -> Any:
+        """The optimizer that rewrites the prompt, its reply capped at --update-tokens."""
+        import textopt as to
 
+        a = self.args
+        numeric = a["task"] in ("object_counting", "arithmetic")
+        constraints = ["The prompt must ask for the final answer as a number."] if numeric else []
+        if self.labels:
+            constraints = ["Keep {input} exactly once, where the text to classify goes.",
+                           "The reply must be exactly one of these words: " + ", ".join(self._labels()) + "."]
+        if a["optimizer"] == "optoprime":
+            return to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints,
+                                max_tokens=a["update_tokens"])
+        return to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints, max_tokens=a["update_tokens"])
+
+    def _labels(self) -> tuple[str, ...]:
+        from .datasets import LABELS
+
+        return LABELS[self.args["task"]]
+
+    async def forward(self, example: Any) -> Any:
+        if self.labels:
+            op = InstructionCall(self.engine, max_tokens=self.args["max_tokens"])
+            return await op.acall(self.prompt, Variable(example.question, role="text to classify"))
         return await self.llm.acall(Variable(example.question, role="question to answer"))
 
     async def loss(self, example: Any, output: Any) -> Any:
@@ -211,14 +310,39 @@ class _PromptTask(Job):
         ).acall(output)
 
     def _result(self, before: Any, after: Any, start: float, usage: Any, run_usage: dict[str, Any]) -> dict[str, Any]:
+        gain = paired_gain(before, after, seed=self.args["seed"])
         return {
             "task": self.args["task"], "engine": self.args["engine"], "optimizer": self.args["optimizer"],
             "accuracy_before": before and before.mean, "accuracy_after": after and after.mean,
             "ci95_before": before and before.ci95, "ci95_after": after and after.ci95,
+            "gain": gain and gain[0], "ci95_gain": gain and gain[1], "initial_prompt": self.args["prompt"],
             "eval_size": len(self.test), "val_size": len(self.val), "tokens": usage.to_dict(), "run_usage": dict(run_usage),
             "seconds": round(time.perf_counter() - start, 2), "final_prompt": self.prompt.value,
             "run_dir": str(self.run_dir) if self.run_dir else None,
         }
+
+    def phase(self, run: Any, name: str, what: str, **info: Any) -> None:
+        """Tell the display what the next long stretch of work is (its heartbeat names it)."""
+        run.log({"event": "phase", "phase": name, "what": what, **info})
+
+
+def paired_gain(before: Any, after: Any, *, seed: int = 0, resamples: int = 2000) -> tuple[float, tuple[float, float]] | None:
+    """Mean of after - before over the same test examples, and its 95% percentile-bootstrap interval
+    (the examples resampled in pairs: tighter than comparing the two reports' own intervals)."""
+    import random
+
+    if not before or not after or len(before.rows) != len(after.rows):
+        return None
+    diffs = [(a.score or 0.0) - (b.score or 0.0) for b, a in zip(before.rows, after.rows)
+             if a.score is not None and b.score is not None]
+    if not diffs:
+        return None
+    mean = sum(diffs) / len(diffs)
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
+    return round(mean, 4), (round(min(low, mean), 4), round(max(high, mean), 4))
 
 
 class OptimizeJob(_PromptTask):
@@ -227,16 +351,10 @@ class OptimizeJob(_PromptTask):
 
     def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
                  callbacks: Sequence[Any], progress: bool | None) -> None:
-        import textopt as to
         from .train import Trainer
 
         a = self._setup(spec, run_dir, resume)
-        numeric = a["task"] in ("object_counting", "arithmetic")
-        constraints = ["The prompt must ask for the final answer as a number."] if numeric else []
-        if a["optimizer"] == "optoprime":
-            self.optimizer: Any = to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints)
-        else:
-            self.optimizer = to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints)
+        self.optimizer: Any = self.proposer()
         self.trainer = Trainer(
             self.forward, self.loss, self.optimizer, train=self.train, val=self.val, batch_size=a["batch_size"],
             concurrency=a["concurrency"], steps=a["steps"], budget_tokens=a["budget_tokens"],
@@ -263,10 +381,16 @@ class OptimizeJob(_PromptTask):
                       run_dir=str(run.dir) if run.dir else None)
             current = self.prompt.value
             self.prompt.set_value(trainer.state.initial[self.prompt.name])  # a resumed run scores the *initial* prompt (cache hits)
+            if self.test:
+                self.phase(run, "test_before", f"scoring the initial prompt on {len(self.test)} held-out examples",
+                           total=len(self.test))
             with run.track():
                 before = await trainer.evaluate(self.test, "test_before") if self.test else None
             self.prompt.set_value(current)
             history = await trainer.afit()
+            if self.test:
+                self.phase(run, "test_after", f"scoring the final prompt on {len(self.test)} held-out examples",
+                           total=len(self.test))
             with run.track():
                 after = await trainer.evaluate(self.test, "test_after") if self.test else None
             result = {
@@ -282,7 +406,8 @@ class OptimizeJob(_PromptTask):
 
 class SearchJob(_PromptTask):
     """The same task with candidate search (`textopt.search.Search`): a pool of prompts scored per validation
-    example, parents from the Pareto front, TGD reflection on minibatches. --steps bounds the mutations
+    example, parents from the Pareto front, TGD reflection on minibatches (for a label task each reply's
+    verdict is the feedback the template gets, see `InstructionCall`). --steps bounds the mutations
     through a metric-call budget of (steps + 1) * (val + 2 * batch) unless --budget-metric-calls is given."""
 
     def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
@@ -293,7 +418,7 @@ class SearchJob(_PromptTask):
         budget = a["budget_metric_calls"] or (a["steps"] + 1) * (len(self.val) + 2 * a["batch_size"])
         self.search = Search(
             [self.prompt], forward=self.forward, train=self.train, val=self.val, metric=self.metric, loss=self.loss,
-            proposer="tgd", engine=self.backward_engine, minibatch=a["batch_size"], budget=budget,
+            proposer=self.proposer(), minibatch=a["batch_size"], budget=budget,
             budget_tokens=a["budget_tokens"], budget_usd=a["budget_usd"], patience=a["patience"],
             concurrency=a["concurrency"], run_dir=run_dir, resume=resume, seed=a["seed"], callbacks=callbacks,
             progress=progress, spec=self.spec.to_dict())
@@ -331,6 +456,8 @@ class SearchJob(_PromptTask):
         current = self.prompt.value
         if name == "test_before":
             self.prompt.set_value(self.initial)
+        which = "initial" if name == "test_before" else "best"
+        self.phase(side, name, f"scoring the {which} prompt on {len(self.test)} held-out examples", total=len(self.test))
         report = await aevaluate(self.forward, self.test, self.metric, concurrency=self.args["concurrency"])
         self.prompt.set_value(current)
         side.save_eval(name, report)
@@ -339,7 +466,7 @@ class SearchJob(_PromptTask):
 
 @register("optimize")
 def _optimize(spec: RunSpec, **kw: Any) -> Job:
-    optimizer = (spec.args.get("optimizer") or "tgd").lower()
+    optimizer = str(spec.args.get("optimizer") or OPTIMIZE_DEFAULTS["optimizer"]).lower()
     return SearchJob(spec, **kw) if optimizer == "search" else OptimizeJob(spec, **kw)
 
 

@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,45 +245,145 @@ def describe_row(row: Mapping[str, Any]) -> str:
 
 class Progress(Callback):
     """The one progress display: a tqdm bar on a terminal (bar=None: only if stderr is one), else a line
-    per step on stderr. Without tqdm it falls back to lines."""
+    per step on stderr. Without tqdm it falls back to lines.
 
-    def __init__(self, bar: bool | None = None, *, desc: str = "textopt", stream: Any = None) -> None:
+    It also keeps a heartbeat, so no long stretch is silent: a "phase" event (e.g. scoring on the test set),
+    a run's start and each step begin a stretch of work; while one lasts, the bar is refreshed every second
+    (with the calls made so far) or, without a bar, a line is printed whenever `every` seconds passed
+    without output. Calls are counted from the usage trackers active where the event was logged."""
+
+    def __init__(self, bar: bool | None = None, *, desc: str = "textopt", stream: Any = None, every: float = 8.0) -> None:
         self.stream = stream
         self.want_bar = bar if bar is not None else (stream or sys.stderr).isatty()
-        self.desc, self._bar = desc, None
+        self.desc, self._bar, self._phase_bar = desc, None, None
+        self.every = every
+        self._lock = threading.RLock()
+        self._work: dict[str, Any] | None = None  # label, since, total, usage, calls0
+        self._shown = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._total: int | None = None
 
-    def on_start(self, run: "Run", info: dict[str, Any]) -> None:
+    # -- output ----------------------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream or sys.stderr, flush=True)
+            self._shown = time.monotonic()
+
+    def _tqdm(self, **kw: Any) -> Any:
         if not self.want_bar:
-            return
+            return None
         try:
             from tqdm.auto import tqdm
         except ImportError:
             self.want_bar = False
-            print("textopt: no progress bar (pip install tqdm); printing a line per step", file=self.stream or sys.stderr)
-            return
-        self._bar = tqdm(total=info.get("total_steps"), initial=info.get("step", 0), desc=self.desc, unit="step",
-                         file=self.stream or sys.stderr)
+            self._print("textopt: no progress bar (pip install tqdm); printing lines instead")
+            return None
+        return tqdm(file=self.stream or sys.stderr, **kw)
+
+    # -- the heartbeat ---------------------------------------------------------------------------
+    def _begin(self, label: str, total: int | None = None) -> None:
+        """A stretch of work starts: counted from now, shown until the next one (or the end)."""
+        from .engines.usage import active_trackers
+
+        trackers = active_trackers()
+        usage = trackers[0] if trackers else None
+        with self._lock:
+            self._close_phase_bar()
+            self._work = {"label": label, "since": time.monotonic(), "total": total, "usage": usage,
+                          "calls0": self._calls(usage)}
+            if total and self.want_bar and self._bar is None:
+                self._phase_bar = self._tqdm(total=total, desc=label, unit="example")
+            if self._thread is None:  # the beat thread clears this under the lock as it ends: no lost restart
+                self._thread = threading.Thread(target=self._beat, name="textopt-progress", daemon=True)
+                self._thread.start()
+
+    def _idle(self) -> None:
+        with self._lock:
+            self._work = None
+            self._close_phase_bar()
+
+    @staticmethod
+    def _calls(usage: Any) -> int:
+        return 0 if usage is None else int(usage.calls + usage.cached_calls)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.every / 3))
+            with self._lock:
+                work = self._work
+                if work is None:
+                    self._thread = None
+                    return
+                done = self._calls(work["usage"]) - work["calls0"]
+                elapsed = time.monotonic() - work["since"]
+                if self._phase_bar is not None:
+                    self._phase_bar.n = min(done, work["total"])
+                    self._phase_bar.refresh()
+                elif self._bar is not None:
+                    self._bar.set_postfix_str(f"{work['label']}: {done} calls, {elapsed:.0f} s", refresh=True)
+                elif time.monotonic() - self._shown >= self.every:
+                    count = f"{min(done, work['total'])}/{work['total']} done" if work["total"] else f"{done} calls"
+                    self._print(f"  ... {work['label']}: {count}, {elapsed:.0f} s")
+
+    def _close_phase_bar(self) -> None:
+        if self._phase_bar is not None:
+            work = self._work
+            if work is not None and work["total"]:
+                self._phase_bar.n = min(work["total"], self._calls(work["usage"]) - work["calls0"])
+            self._phase_bar.close()
+            self._phase_bar = None
+
+    def _next(self, run: "Run", done: int, *, seeded: bool = True) -> None:
+        """The stretch of work after `done` steps (search iterations, AEGIS rounds) have completed."""
+        if run.kind == "search":
+            self._begin(f"search iteration {done + 1}" if seeded else "search: scoring the starting prompt on validation")
+        elif run.kind == "aegis":
+            self._begin(f"aegis round {done + 1}")
+        else:
+            of = f" of {self._total}" if self._total else ""
+            self._begin(f"{self.desc} step {done + 1}{of}")
+
+    # -- callbacks -------------------------------------------------------------------------------
+    def on_start(self, run: "Run", info: dict[str, Any]) -> None:
+        with self._lock:
+            self._idle()
+            self._total = info.get("total_steps")
+            if self.want_bar:
+                self._bar = self._tqdm(total=self._total, initial=info.get("step", 0), desc=self.desc, unit="step")
+        step = int(info.get("step") or 0)
+        self._next(run, step, seeded=bool(info.get("resumed")) or step > 0)
 
     def on_step(self, run: "Run", row: dict[str, Any]) -> None:
-        if self._bar is not None:
-            if row.get("step", 1) > 0:
-                self._bar.update(1)
-            post = {k: row[k] for k in ("train", "val", "accepted") if k in row}
-            self._bar.set_postfix(**post, tokens=run.totals["total_tokens"], refresh=True)
-        elif row.get("step", row.get("round", 1)) != 0 or "round" in row or "kind" in row:
-            print(describe_row(row), file=self.stream or sys.stderr, flush=True)
+        with self._lock:
+            if self._bar is not None:
+                if row.get("step", 1) > 0:
+                    self._bar.update(1)
+                post = {k: row[k] for k in ("train", "val", "accepted") if k in row}
+                self._bar.set_postfix(**post, tokens=run.totals["total_tokens"], refresh=True)
+            elif row.get("step", row.get("round", 1)) != 0 or "round" in row or "kind" in row:
+                self._print(describe_row(row))
+        done = row.get("step", row.get("round"))
+        if isinstance(done, int):
+            self._next(run, done)
 
     def on_event(self, run: "Run", event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind in ("error", "interrupted"):
+        if kind == "phase":
+            what = str(event.get("what") or event.get("phase") or "working")
+            if not self.want_bar:
+                self._print(what)
+            self._begin(what, event.get("total") if isinstance(event.get("total"), int) else None)
+        elif kind in ("error", "interrupted", "result"):
             self.on_end(run, event)
         elif kind == "budget" and self._bar is None:
-            print(event.get("message", ""), file=self.stream or sys.stderr, flush=True)
+            self._print(event.get("message", ""))
 
     def on_end(self, run: "Run", summary: dict[str, Any]) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        with self._lock:
+            self._idle()
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
 
 
 class MLflowCallback(Callback):

@@ -1,4 +1,8 @@
-"""`textopt optimize`: optimize the system prompt of an LLM on a task, and report before/after.
+"""`textopt optimize`: optimize a prompt on a task, and report before/after on held-out examples.
+
+The defaults are the README's main job: candidate search (`to.Search`) for a better instruction template
+on the `sentiment` task with the embedded model, starting from a weak template, scored on held-out test
+examples before and after with 95% intervals (and the paired interval of the gain).
 
 A thin adapter over the "optimize" recipe (textopt.recipes): the arguments become the recipe's JSON
 arguments (stored in DIR/spec.json: engine spec strings only, never a key), so `textopt resume DIR`
@@ -7,6 +11,7 @@ rebuilds the same run after a crash. The run directory is saved by default (runs
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ._common import add_common, callbacks, default_out
@@ -15,10 +20,12 @@ from ._common import add_common, callbacks, default_out
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from ..datasets import TASKS
     from ..recipes import OPTIMIZE_DEFAULTS as D
-    from ..recipes import OPTIMIZERS
+    from ..recipes import OPTIMIZERS, SIZES
 
-    p = sub.add_parser("optimize", help="optimize a system prompt on a built-in task (default: object counting)",
-                       description="Optimize a system prompt on a task; score it before and after on held-out examples.")
+    p = sub.add_parser("optimize", help="optimize a prompt on a built-in task (default: sentiment, with search)",
+                       description="Optimize a prompt on a task; score it before and after on held-out examples. "
+                       "Label tasks (sentiment, categories) train an instruction template rendered around each input "
+                       "in the user turn; the other tasks train a system prompt.")
     p.add_argument("--engine", default=D["engine"],
                    help="engine spec: local, local:<path.gguf>, openai:<model>, litellm:<model>, or fake (an offline "
                         "deterministic stand-in for trying the machinery; its answers are noise) (default: local)")
@@ -27,19 +34,28 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--task", default=D["task"],
                    help=f"built-in task ({', '.join(TASKS)}) or a .jsonl/.csv file with question and answer columns "
                         f"(default: {D['task']})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"], help="how updates are made (default: tgd)")
-    p.add_argument("--steps", type=int, default=D["steps"], help=f"optimizer steps (default: {D['steps']})")
-    p.add_argument("--batch-size", type=int, default=D["batch_size"], help=f"training examples per step (default: {D['batch_size']})")
-    p.add_argument("--eval-size", type=int, default=D["eval_size"],
-                   help=f"held-out test examples scored before and after (default: {D['eval_size']})")
-    p.add_argument("--val-size", type=int, default=D["val_size"], help="validation examples scored after every step; 0 "
-                   f"turns validation (and revert-if-worse) off (default: {D['val_size']})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"],
+                   help=f"search (a pool of candidates, TGD reflection), or tgd / optoprime under the Trainer "
+                        f"(default: {D['optimizer']})")
+    label, other = SIZES["label"], SIZES["other"]
+    sized = lambda k: f"default: {label[k]} for a label task with search, else {other[k]}"  # noqa: E731
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps; with search, mutations' worth of budget ({sized('steps')})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training examples per step or minibatch ({sized('batch_size')})")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help=f"held-out test examples scored before and after ({sized('eval_size')})")
+    p.add_argument("--val-size", type=int, default=None, help="validation examples scored for every candidate or after "
+                   f"every step; 0 turns validation off for tgd/optoprime ({sized('val_size')})")
     p.add_argument("--train-size", type=int, default=None,
                    help="training examples drawn from the task (default: steps * batch-size)")
-    p.add_argument("--prompt", default=D["prompt"], help="initial system prompt")
+    p.add_argument("--prompt", default=None, help="initial prompt: for a label task an instruction template with {input} "
+                   "where the text goes (default: a weak one, e.g. '{input}\\nIs this positive or negative?'); "
+                   "else a system prompt")
     p.add_argument("--seed", type=int, default=D["seed"])
-    p.add_argument("--max-tokens", type=int, default=D["max_tokens"],
-                   help=f"cap on each answer of the optimized LLM (default: {D['max_tokens']})")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help=f"cap on each answer of the optimized LLM (default: {label['max_tokens']} for a label task, "
+                        f"else {other['max_tokens']})")
+    p.add_argument("--update-tokens", type=int, default=D["update_tokens"],
+                   help=f"cap on each reply of the optimizer's update call (default: {D['update_tokens']})")
     p.add_argument("--concurrency", type=int, default=D["concurrency"], help="forward passes in flight per batch (default: 8)")
     p.add_argument("--budget-tokens", type=int, default=None, help="stop cleanly once this many paid tokens are spent")
     p.add_argument("--budget-calls", type=int, default=None, help="stop cleanly once this many paid calls are made")
@@ -68,6 +84,11 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     ci = lambda c: f" (95% CI {c[0]:.2f}-{c[1]:.2f})" if c else ""  # noqa: E731
     print(f"accuracy before: {f(result['accuracy_before'])}{ci(result.get('ci95_before'))}")
     print(f"accuracy after:  {f(result['accuracy_after'])}{ci(result.get('ci95_after'))}")
+    if result.get("gain") is not None and result.get("ci95_gain"):
+        lo, hi = result["ci95_gain"]
+        verdict = ("the interval excludes 0: a real gain" if lo > 0 else "the interval excludes 0: a real loss" if hi < 0
+                   else "the interval includes 0: not a clear change")
+        print(f"gain: {result['gain']:+.2f} (paired 95% CI {lo:+.2f} to {hi:+.2f}; {verdict})")
     if "pareto" in result:
         print(f"search: {result['steps']} iteration(s) ({result['stopped']}), {result['candidates']} candidate(s), "
               f"Pareto front {result['pareto']}, best #{result['best_id']} (val {f(result['best_val'])}), "
@@ -79,7 +100,10 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
           f"in {t['calls']} calls, {t['cached_calls']} served by the cache; {result['seconds']} s"
           + (f"; ${cost:.4f}" if cost else ""))
     print(f"failed updates: {result['failed_updates']}" + (f" (last: {result['failures'][-1]})" if result.get("failures") else ""))
-    print("final prompt:")
+    if result.get("initial_prompt") is not None and result["initial_prompt"] != result["final_prompt"]:
+        print("initial prompt:")
+        print(result["initial_prompt"])
+    print("final prompt:" if result.get("initial_prompt") != result["final_prompt"] else "final prompt: (the initial one, unchanged)")
     print(result["final_prompt"])
     if result.get("run_dir"):
         print(f"run directory: {result['run_dir']} (report: textopt report {result['run_dir']})")
@@ -91,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out("optimize")
     spec = RunSpec("optimize", {k: getattr(args, k) for k in OPTIMIZE_DEFAULTS},
                    kind="search" if args.optimizer == "search" else "trainer")
-    job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)
+    job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)  # every argument checked here
+    if not args.json:
+        print(f"textopt optimize: run directory {out} (later: textopt report {out})", file=sys.stderr, flush=True)
     args.resume_hint = f"textopt resume {out}"
     print_result(job.run(), args.json)
     return 0
