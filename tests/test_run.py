@@ -212,7 +212,7 @@ def test_auth_failures_stop_the_run():
 
 # -- recipes ----------------------------------------------------------------------------------------
 def test_recipe_registry_builds_resumes_and_refuses_unknowns(tmp_path):
-    spec = recipes.RunSpec("optimize", {"engine": "fake", "steps": 1, "batch_size": 1, "eval_size": 2, "val_size": 1})
+    spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "optimizer": "tgd", "steps": 1, "batch_size": 1, "eval_size": 2, "val_size": 1})
     job = recipes.build(spec, run_dir=tmp_path / "r", progress=False)
     result = job.run()
     assert result["stopped"] == "completed" and result["steps"] == 1
@@ -330,7 +330,7 @@ def test_mlflow_callback_logs_params_metrics_and_artifacts_to_a_local_store(tmp_
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
     uri = f"file:{tmp_path / 'mlruns'}"
     cb = MLflowCallback(uri, experiment="tests")
-    spec = recipes.RunSpec("optimize", {"engine": "fake", "steps": 2, "batch_size": 1, "eval_size": 1, "val_size": 2})
+    spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "optimizer": "tgd", "steps": 2, "batch_size": 1, "eval_size": 1, "val_size": 2})
     recipes.build(spec, run_dir=tmp_path / "run", callbacks=[cb], progress=False).run()
     client = MlflowClient(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])

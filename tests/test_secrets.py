@@ -54,7 +54,7 @@ def test_no_secret_in_run_dir_cache_or_logs(tmp_path):
         logs = []
         for extra in (["--json"], []):
             out = subprocess.run(
-                [sys.executable, "-m", "textopt", "optimize", "--engine", "openai:fake-model", "--base-url", base,
+                [sys.executable, "-m", "textopt", "optimize", "--engine", "openai:fake-model", "--base-url", base, "--task", "object_counting", "--optimizer", "tgd",
                  "--steps", "2", "--batch-size", "2", "--eval-size", "2", "--val-size", "2", "--no-keep-best",
                  "--out", str(run) + "".join(extra), *extra],
                 env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
