@@ -29,14 +29,15 @@ def cli(*args: str, cache: Path, cwd: Path | None = None, **popen) -> subprocess
 
 
 def small_run(run_dir: Path, steps: int = 2) -> dict:
-    spec = recipes.RunSpec("optimize", {"engine": "fake", "steps": steps, "batch_size": 1, "eval_size": 1, "val_size": 1})
+    spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "optimizer": "tgd", "steps": steps,
+                                        "batch_size": 1, "eval_size": 1, "val_size": 1})
     return recipes.build(spec, run_dir=run_dir, progress=False).run()
 
 
 # -- two runs, one directory ------------------------------------------------------------------------
 def test_second_cli_run_on_a_busy_directory_fails_at_once(tmp_path):
     run = tmp_path / "run"
-    args = ("optimize", "--engine", "fake", "--latency", "0.2", "--steps", "3", "--batch-size", "1", "--eval-size", "1",
+    args = ("optimize", "--task", "object_counting", "--optimizer", "tgd", "--engine", "fake", "--latency", "0.2", "--steps", "3", "--batch-size", "1", "--eval-size", "1",
             "--val-size", "1", "--out", str(run))
     first = cli(*args, "--json", cache=tmp_path / "c1")
     try:
@@ -174,7 +175,7 @@ def provider():
 def test_refused_key_stops_the_run_and_no_key_reaches_disk(tmp_path, capsys, monkeypatch, provider):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     run = tmp_path / "run"
-    code = main(["optimize", "--engine", "openai:m", "--base-url", f"http://user:hunter2pw@127.0.0.1:{provider}/v1",
+    code = main(["optimize", "--task", "object_counting", "--optimizer", "tgd", "--engine", "openai:m", "--base-url", f"http://user:hunter2pw@127.0.0.1:{provider}/v1",
                  "--steps", "4", "--batch-size", "1", "--eval-size", "1", "--val-size", "1", "--no-cache", "--out", str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
