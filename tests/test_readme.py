@@ -61,3 +61,4 @@ def test_main_job_runs_on_the_local_model(tmp_path):
     rep = subprocess.run([sys.executable, "-m", "textopt", "report", m.group(1), "--no-plot"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)
     assert rep.returncode == 0 and "test_before" in rep.stdout and "Pareto front" in rep.stdout, rep.stderr[-2000:]
+    assert re.search(r"pool: \d+ candidate", rep.stdout) and "lineage of #" in rep.stdout, rep.stdout[-2000:]
