@@ -66,28 +66,10 @@ class AuthenticationFailed(EngineError):
 
 
 # -- secrets --------------------------------------------------------------------------------------
-_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@'\"]+:[^/\s@'\"]+@")
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk|ak|xox[abp])-[A-Za-z0-9_\-]{12,}\b|\bBearer\s+[A-Za-z0-9._\-]{12,}")
-_SECRET_NAME = re.compile(r"(?i)(key|token|secret|password|passwd|credential)")
-
-
-def _fallback_scrub(text: str) -> str:
-    """Used until textopt.secrets exists: URL credentials, key-shaped tokens, and the values of
-    environment variables whose names look secret."""
-    text = _URL_CREDS.sub(r"\1***@", text)
-    text = _KEYLIKE.sub("***", text)
-    for name, value in os.environ.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, "***")
-    return text
-
-
 def scrub_text(text: str) -> str:
-    """Remove keys and URL credentials from one string (textopt.secrets.scrub when available)."""
-    try:
-        from .secrets import scrub as _scrub
-    except ImportError:
-        _scrub = _fallback_scrub
+    """Remove keys and URL credentials from one string (one scrubber for the whole package: textopt.secrets)."""
+    from .secrets import scrub as _scrub
+
     return _scrub(text)
 
 
