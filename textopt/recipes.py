@@ -101,9 +101,18 @@ def resume(run_dir: str | Path, *, callbacks: Sequence[Callback | Callable[[dict
 
 
 def make_engine(spec: str, *, base_url: str | None = None, no_cache: bool = False, max_tokens: int | None = None,
-                latency: float = 0.0) -> "Engine":
+                latency: float = 0.0, budget_usd: float | None = None) -> "Engine":
     """An engine from a spec string as the CLI takes it: local[:path.gguf], openai:<model>, litellm:<model>,
-    or fake (alias scripted: the offline stand-in model, answers are noise)."""
+    or fake (alias scripted: the offline stand-in model, answers are noise). budget_usd: the run's dollar
+    budget, refused here (before anything is spent) if this engine's cost can't be known."""
+    from .engines.pricing import check_budget_usd
+
+    engine = _make_engine(spec, base_url=base_url, no_cache=no_cache, max_tokens=max_tokens, latency=latency)
+    check_budget_usd(budget_usd, engine.free, "--budget-usd")
+    return engine
+
+
+def _make_engine(spec: str, *, base_url: str | None, no_cache: bool, max_tokens: int | None, latency: float) -> "Engine":
     from .engines import get_engine
 
     kind = spec.strip().partition(":")[0].lower()
@@ -261,9 +270,11 @@ class _PromptTask(Job):
         self.test = examples[: a["eval_size"]]
         self.val = examples[a["eval_size"] : a["eval_size"] + a["val_size"]]
         self.train = examples[a["eval_size"] + a["val_size"] :]
-        self.engine = make_engine(a["engine"], base_url=a["base_url"], no_cache=a["no_cache"], latency=a["latency"])
+        self.engine = make_engine(a["engine"], base_url=a["base_url"], no_cache=a["no_cache"], latency=a["latency"],
+                                  budget_usd=a["budget_usd"])
         self.backward_engine = (make_engine(a["backward_engine"], base_url=a["base_url"], no_cache=a["no_cache"],
-                                            latency=a["latency"]) if a["backward_engine"] else self.engine)
+                                            latency=a["latency"], budget_usd=a["budget_usd"])
+                                if a["backward_engine"] else self.engine)
         if self.labels:
             self.prompt = to.Variable(a["prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
         else:
@@ -498,7 +509,7 @@ class AegisJob(Job):
             self.examples = random.Random(a["seed"]).sample(corpus, min(a["corpus_examples"], len(corpus)))
         self.spec, self.args, self.resume, self.run_dir = RunSpec(spec.recipe, a, "aegis"), a, resume, run_dir
         mk = lambda s: make_engine(s, base_url=a["base_url"], no_cache=a["no_cache"], max_tokens=a["max_tokens"],  # noqa: E731
-                                   latency=a["latency"])
+                                   latency=a["latency"], budget_usd=a["budget_usd"])
         self.engine = mk(a["engine"])
         self.optimizer_engine = mk(a["optimizer_engine"]) if a["optimizer_engine"] else self.engine
         show = progress if progress is not None else sys.stderr.isatty()

@@ -148,8 +148,8 @@ class Budgets:
             return "budget_tokens"
         if self.calls is not None and totals.get("calls", 0) >= self.calls:
             return "budget_calls"
-        if self.usd is not None and totals.get("cost_usd", 0.0) >= self.usd:
-            return "budget_usd"
+        if self.usd is not None and (totals.get("cost_usd", 0.0) >= self.usd or totals.get("cost_known") is False):
+            return "budget_usd"  # a call whose price is unknown: the dollar budget can't be held, so stop
         if self.metric_calls is not None and metric_calls >= self.metric_calls:
             return "budget_metric_calls"
         return None
@@ -633,7 +633,8 @@ class Run:
     def usage_columns(usage: "Usage") -> dict[str, Any]:
         """The per-row usage columns of a step: tokens, calls, cached_calls, cost_usd."""
         return {"tokens": usage.total_tokens, "calls": usage.calls, "cached_calls": usage.cached_calls,
-                "cost_usd": round(float(getattr(usage, "cost_usd", 0.0) or 0.0), 8)}
+                "cost_usd": round(float(getattr(usage, "cost_usd", 0.0) or 0.0), 8),
+                **({"cost_known": False} if getattr(usage, "cost_known", True) is False else {})}
 
     def stop_reason(self, *, step: int, total_steps: int | None, metric_calls: int | None = None) -> str | None:
         """"completed" once step >= total_steps, a "budget_*" reason once a budget is spent, else None."""
@@ -821,6 +822,8 @@ class History:
 
     def summary(self) -> str:
         """A plain-text table of the steps, the totals, and a diff of every parameter."""
+        from .engines.pricing import format_cost
+
         steps = [r for r in self.rows if r["step"] > 0]
         where = f"{self.run_dir}: " if self.run_dir else ""
         out = [f"{where}{len(steps)} step(s), stopped: {self.stopped or 'not finished'}",
@@ -836,7 +839,8 @@ class History:
         calls = sum(int(r.get("calls", 0)) for r in self.rows)
         cached = sum(int(r.get("cached_calls", 0)) for r in self.rows)
         out.append(f"best val: {fmt(self.best_val)}; rejected steps: {self.rejected or 'none'}; "
-                   f"tokens: {self.tokens} in {calls} paid calls, {cached} served by the cache; cost: ${self.cost_usd:.4f}")
+                   f"tokens: {self.tokens} in {calls} paid calls, {cached} served by the cache; "
+                   f"cost: {format_cost(self.cost_usd, all(r.get('cost_known', True) for r in self.rows))}")
         why = [(r["step"], n, t) for r in self.rows for n, t in (r.get("reasoning") or {}).items() if t]
         if why:
             out.append("\nwhy the optimizer changed what it changed:")

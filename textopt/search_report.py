@@ -11,6 +11,7 @@ from .search_pool import Candidate, best_id, leads, lineage, pareto_front
 
 def render(state: Mapping[str, Any], *, width: int = 90) -> str:
     """The report of a search from its checkpoint state (or `SearchResult.to_state()`)."""
+    from .engines.pricing import format_cost
     from .run import text_diff
 
     pool = {c.id: c for c in (Candidate.from_dict(d) for d in state.get("pool", []))}
@@ -25,7 +26,8 @@ def render(state: Mapping[str, Any], *, width: int = 90) -> str:
     where = f"{state['run_dir']}: " if state.get("run_dir") else ""
     out = [f"{where}search stopped: {state.get('stopped') or 'not finished'}, after {state.get('iteration', 0)} iteration(s); "
            f"{state.get('metric_calls', 0)}{budget} metric calls; {usage.get('total_tokens', 0)} tokens in "
-           f"{usage.get('calls', 0)} paid calls ({usage.get('cached_calls', 0)} cached), ${float(usage.get('cost_usd', 0) or 0):.4f}"]
+           f"{usage.get('calls', 0)} paid calls ({usage.get('cached_calls', 0)} cached), "
+           f"{format_cost(float(usage.get('cost_usd', 0) or 0), usage.get('cost_known', True))}"]
     out.append(_outcomes(rows))
     out.append(f"\npool: {len(pool)} candidate(s); * = on the Pareto front; leads = validation examples where none scores higher")
     out.append(f"{'id':>4}  {'kind':<8} {'parents':<9} {'changed':<24} {'val':>6} {'leads':>5}  front")

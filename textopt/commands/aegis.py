@@ -52,7 +52,9 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     for h in result["history"]:
         print(f"{h['round']:>5} {h['side']:<8} {h['tpr']:>5.2f} {h['tnr']:>5.2f} {h['asr']:>5.2f} {h['score_gain']:>6.2f} {h['tokens']:>7}")
     t = result["tokens"]
-    cost = f"; ${t['cost_usd']:.4f}" if t.get("cost_usd") else ""
+    from ..engines.pricing import format_cost
+
+    cost = f"; {format_cost(t['cost_usd'], t.get('cost_known', True))}" if t.get("cost_usd") or t.get("cost_known") is False else ""
     print(f"rounds run: {result['rounds_run']} (stopped: {result.get('stopped', 'completed')}); {t['total_tokens']} tokens in "
           f"{t['calls']} calls ({t['cached_calls']} cached){cost}; {result['seconds']} s; "
           f"failed updates: {len(result['failures'])}; error cases: {len(result['errors'])}")

@@ -95,10 +95,13 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
               f"{result['metric_calls']} metric calls")
     else:
         print(f"steps: {result['steps']} ({result['stopped']}); rejected by validation: {result['rejected_steps'] or 'none'}")
-    cost = result.get("run_usage", {}).get("cost_usd")
+    from ..engines.pricing import format_cost
+
+    run_usage = result.get("run_usage", {})
+    cost, known = run_usage.get("cost_usd"), run_usage.get("cost_known", True) is not False
     print(f"tokens: {t['total_tokens']} ({t['prompt_tokens']} prompt + {t['completion_tokens']} completion) "
           f"in {t['calls']} calls, {t['cached_calls']} served by the cache; {result['seconds']} s"
-          + (f"; ${cost:.4f}" if cost else ""))
+          + (f"; {format_cost(cost, known)}" if cost or not known else ""))
     print(f"failed updates: {result['failed_updates']}" + (f" (last: {result['failures'][-1]})" if result.get("failures") else ""))
     if result.get("initial_prompt") is not None and result["initial_prompt"] != result["final_prompt"]:
         print("initial prompt:")

@@ -44,6 +44,7 @@ def eval_section(run_dir: Path, worst: int) -> list[str]:
 
 
 def aegis_text(run_dir: Path, state: dict[str, Any]) -> str:
+    from ..engines.pricing import format_cost
     from ..run import describe_row
 
     rows = state.get("history", [])
@@ -51,7 +52,7 @@ def aegis_text(run_dir: Path, state: dict[str, Any]) -> str:
     out += [describe_row(r) for r in rows]
     u = state.get("usage", {})
     out.append(f"tokens: {u.get('total_tokens', 0)} in {u.get('calls', 0)} paid calls, {u.get('cached_calls', 0)} "
-               f"served by the cache; cost: ${u.get('cost_usd', 0.0):.4f}")
+               f"served by the cache; cost: {format_cost(u.get('cost_usd', 0.0), u.get('cost_known', True))}")
     best = state.get("best", {})
     for side in ("defense", "attack"):
         if side in best:

@@ -120,6 +120,7 @@ class Engine:
         self.max_tokens = max_tokens
         self.budget_tokens = budget_tokens
         self.budget_usd = budget_usd
+        pricing.check_budget_usd(budget_usd, self.free)  # a paid engine without litellm: refused before any call
         self.usage = Usage()
         self.history: collections.deque[tuple[Request, Completion]] = collections.deque(maxlen=history_size)
         self._supports_images = supports_images
@@ -269,8 +270,8 @@ class Engine:
             await self._in_worker(pricing.cost_map)
         if not self.usage.cost_known or pricing.cost_usd([self.model], 0, 0) is None:
             raise BudgetExceeded(
-                f"budget_usd={self.budget_usd} can't be held on {self.kind} engine {self.model!r}: litellm's cost "
-                "map has no price for this model; use budget_tokens instead"
+                f"budget_usd={self.budget_usd} can't be held on {self.kind} engine {self.model!r}: "
+                f"{pricing.unknown_cost_reason()}; use budget_tokens instead"
             )
         if self.usage.cost_usd >= self.budget_usd:
             raise BudgetExceeded(

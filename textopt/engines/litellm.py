@@ -28,8 +28,9 @@ class LiteLLMEngine(Engine):
         max_time: float | None = DEFAULT_MAX_TIME,
         **kwargs: Any,
     ) -> None:
+        litellm = import_litellm("the litellm engine")  # before anything else: a missing extra is one clear line
         super().__init__(model, timeout=timeout, max_time=max_time, **kwargs)
-        self._litellm = import_litellm()
+        self._litellm = litellm
         self.api_base = api_base
         self._api_key = api_key
 

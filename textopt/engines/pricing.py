@@ -4,6 +4,9 @@ The map is loaded when a price is first needed for a model that isn't free: read
 installed litellm package's JSON file when litellm isn't imported yet (importing it costs seconds), else
 from `litellm.model_cost` (LITELLM_LOCAL_MODEL_COST_MAP=True, so that is the same local file). Each
 model's lookup is cached. A model the map doesn't know has an unknown cost (None), never a guessed one.
+
+litellm is an extra (`pip install 'textopt[litellm]'`): without it every non-free model's cost is unknown,
+the litellm and router engines refuse to be built, and a dollar budget on a paid engine is refused up front.
 """
 from __future__ import annotations
 
@@ -23,10 +26,31 @@ _prices: dict[str, tuple[float, float] | None] = {}
 _cost_map: dict[str, Any] | None = None
 
 
-def import_litellm() -> Any:
-    """Import litellm with its local cost map (no network at import), quiet and without telemetry."""
+#: The install line for everything litellm brings (engines, dollar costs).
+INSTALL = "pip install 'textopt[litellm]'"
+
+
+def litellm_available() -> bool:
+    """True when litellm can be imported (checked without importing it)."""
+    if "litellm" in sys.modules:
+        return sys.modules["litellm"] is not None
+    try:
+        return importlib.util.find_spec("litellm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_litellm(needed_by: str = "this engine") -> Any:
+    """Import litellm with its local cost map (no network at import), quiet and without telemetry.
+
+    Without litellm: ImportError in one line, naming what needs it and the install command."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+    try:
+        import litellm
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] != "litellm":
+            raise  # litellm is there but one of its own dependencies is not
+        raise ImportError(f"{needed_by} needs litellm, which is not installed: {INSTALL}", name="litellm") from None
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
@@ -56,7 +80,7 @@ def cost_map() -> dict[str, Any]:
                 table = None if "litellm" in sys.modules else _read_shipped_map()
                 if table is None:
                     try:
-                        table = dict(getattr(import_litellm(), "model_cost", None) or {})
+                        table = dict(getattr(import_litellm("dollar costs"), "model_cost", None) or {})
                     except ImportError:
                         table = {}
                 _cost_map = table
@@ -101,3 +125,27 @@ def cost_usd(models: list[str], prompt_tokens: int, completion_tokens: int) -> f
             if price is not None:
                 return prompt_tokens * price[0] + completion_tokens * price[1]
     return None
+
+
+def unknown_cost_reason() -> str:
+    """Why a paid model's cost can be unknown here: litellm missing, or a model its map doesn't price."""
+    if not litellm_available():
+        return f"litellm is not installed ({INSTALL} for dollar costs)"
+    return "litellm's cost map has no price for this model"
+
+
+def format_cost(cost_usd: float | None, known: bool = True) -> str:
+    """A run's cost for people: "$0.0123"; with unpriced calls, "n/a (...)" or "at least $x (...)"."""
+    if known and cost_usd is not None:
+        return f"${cost_usd:.4f}"
+    why = "install textopt[litellm] for dollar costs" if not litellm_available() else "some models are not in litellm's cost map"
+    if cost_usd:
+        return f"at least ${cost_usd:.4f} ({why})"
+    return f"n/a ({why})"
+
+
+def check_budget_usd(budget_usd: float | None, free: bool, what: str = "budget_usd=") -> None:
+    """Refuse a dollar budget that could never be enforced (a paid engine and no litellm), before any call."""
+    if budget_usd is not None and not free and not litellm_available():
+        raise ImportError(f"{what} needs dollar prices from litellm's cost map, and litellm is not installed: "
+                          f"{INSTALL} (or use a token or call budget)", name="litellm")

@@ -53,9 +53,10 @@ class RouterEngine(LiteLLMEngine):
                                  + (f"; unknown keys {sorted(unknown)}" if unknown else ""))
         models = sorted({str(e["model"]) for e in eps})
         name = f"router[{len(eps)}]:{','.join(models)}"
+        litellm = import_litellm("the router engine")
         # Not LiteLLMEngine.__init__: there is no single model, api_base or key.
         super(LiteLLMEngine, self).__init__(name, timeout=timeout, max_time=max_time, **kwargs)
-        self._litellm = import_litellm()
+        self._litellm = litellm
         self.api_base = None
         self._api_key = None
         self.endpoints = [{"model": _litellm_model(e), "base_url": e.get("base_url")} for e in eps]
