@@ -206,7 +206,8 @@ async def throughput(cfg: dict[str, Any]) -> dict[str, Any]:
         if not run.get("warmup"):
             runs.append({"concurrency": c, "seconds": time.perf_counter() - t0, "scored": len(scores), "errors": errors,
                          **({"first_error": first_error[:300]} if first_error else {})})
-    return {"available": True, "how": how, "runs": runs}
+    transport = getattr(eng, "transport", None)  # the openai engine's HTTP stack (aiohttp when installed)
+    return {"available": True, "how": how + (f", openai engine on {transport}" if transport else ""), "runs": runs}
 
 
 # -- (g) quality at equal budget ----------------------------------------------------------------------
