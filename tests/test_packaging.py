@@ -16,6 +16,10 @@ def test_wheel_ships_all_prompts_and_renders_from_install(tmp_path):
     )
     [wheel] = list(tmp_path.glob("textopt-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    [meta] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines() if line.startswith("Requires-Dist:")]
+    litellm = [r for r in requires if r.split()[1].startswith("litellm")]
+    assert litellm and all("extra ==" in r for r in litellm)  # an extra, never part of the core install
     templates = sorted(p.name for p in (ROOT / "prompts").glob("*.j2"))
     assert templates and all(f"textopt/prompts/{t}" in names for t in templates)
     # unpack the wheel alone (no source checkout next to it) and render a template from it
