@@ -32,7 +32,7 @@ class OpenAIEngine(Engine):
     transport picks the HTTP stack under the SDK: "aiohttp" (the SDK's `DefaultAioHttpClient`, from the
     `openai[aiohttp]` extra), "httpx" (the SDK's default), or "auto" (default): aiohttp when installed.
     Measured on 1,000 requests at 32 in flight, httpx's pool re-scans its connections for every queued
-    request and costs ~2x the wall time of aiohttp's. Requests go through the SDK's own `post` (its auth,
+    request and took 2-4x the wall time of aiohttp's. Requests go through the SDK's own `post` (its auth,
     base URL, timeouts and error classes) with the body built here; the SDK's per-request transform of the
     typed parameters and its typed reply model, which change nothing for chat messages, are skipped.
     """
