@@ -112,6 +112,8 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
     prompt = to.Variable(INITIAL_PROMPT, role=PROMPT_ROLE, requires_grad=True, name="system_prompt")
     llm = to.LLM(eng, system_prompt=prompt)
     kind = cfg.get("optimizer", "tgd")
+    if kind == "search":
+        return await _search_proposals(cfg, eng, prompt, llm)
     if kind != "tgd":
         opt: Any = to.OptoPrime([prompt], engine=eng)
     else:
@@ -150,6 +152,39 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
         steps.append({"valid": not error and bool(new.strip()) and new != old, "changed": new != old, "error": error})
     after = await answers(cfg["eval"]) if cfg["eval"] else []
     return {"available": True, "before": before, "after": after, "steps": steps, "final_prompt": prompt.value}
+
+
+async def _search_proposals(cfg: dict[str, Any], eng: Any, prompt: Any, llm: Any) -> dict[str, Any]:
+    """(d) for Search: one mutation per step (minibatch = batch, validation on 2 examples), each step valid
+    when the proposer gave a usable new value; steps skipped because the parent was already perfect on the
+    minibatch are not proposal attempts and are counted apart."""
+    from textopt.datasets import exact_match
+    from textopt.evaluate import Score
+
+    def metric(ex: dict[str, str], out: Any) -> Any:
+        ok = exact_match(out.text, ex["answer"])
+        return Score(1.0 if ok else 0.0, _metric_feedback(out.text, ex["answer"]))
+
+    async def forward(ex: dict[str, str]) -> Any:
+        return await llm.acall(to.Variable(ex["question"], role="question"))
+
+    b, val = cfg.get("batch", 1), cfg["train"][:2]
+    search = to.Search([prompt], forward=forward, train=cfg["train"], val=val, metric=metric, engine=eng, minibatch=b,
+                       iterations=cfg["steps"], merge=False, perfect=None, seed=0, progress=False)
+    res = await search.afit()
+    steps: list[dict[str, Any]] = []
+    skipped = 0
+    for row in res.rows:
+        if row.get("kind") != "mutation":
+            continue
+        if row.get("skipped"):
+            skipped += 1
+            continue
+        usable = [p for p in row.get("proposals") or [] if str(p.get("value", "")).strip()]
+        err = "" if usable else f"no usable proposal ({row.get('failures', 0)} failed)"
+        steps.append({"valid": bool(usable), "changed": bool(usable), "error": err})
+    return {"available": True, "before": [], "after": [], "steps": steps[: cfg["steps"]], "skipped_perfect": skipped,
+            "final_prompt": prompt.value}
 
 
 def _metric_feedback(reply: str, answer: str) -> str:

@@ -308,13 +308,15 @@ def _examples(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 OPTIMIZERS = [("textopt", "tgd", "textopt TGD"), ("textopt", "optoprime", "textopt OptoPrime"),
               ("textgrad", "tgd", "TextGrad TGD"), ("trace", "optoprime", "Trace OptoPrime")]
+#: (d) also counts Search's proposals (one mutation per step); (e)/(f) keep the Trainer-style optimizers.
+VALID_OPTIMIZERS = OPTIMIZERS[:2] + [("textopt", "search", "textopt Search")] + OPTIMIZERS[2:]
 
 
 def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], engine_desc: str, publish: Any = None) -> dict[str, Any]:
     """(d) fraction of optimizer steps that yield a usable new value (non-empty, changed, no crash)."""
     train = _examples(max(mode["valid_steps"], 3), seed=1)
     rows: dict[str, Any] = {}
-    for name, kind, label in OPTIMIZERS:
+    for name, kind, label in VALID_OPTIMIZERS:
         if not r.fw.available(name):
             continue
         run_id = f"valid-{name}-{kind}-{r._n}"
@@ -624,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(FRAMEWORKS), help="comma-separated frameworks: " + ",".join(FRAMEWORKS))
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help="comma-separated subset of a-h (a-f: speed and robustness; g: quality at equal budget; h: evaluation throughput)")
+    ap.add_argument("--tasks", default=None, help="(g) comma-separated subset of the mode's tasks; results for the other "
+                    "tasks from an earlier run of the same mode are kept (so a long (g) can run one task at a time)")
     ap.add_argument("--out", default=None, help="folder for results.json and BENCHMARKS.md (default: the repo's)")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder for the peer venvs and scratch files")
     args = ap.parse_args(argv)
@@ -637,6 +641,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown workload(s) {sorted(wls - set(WORKLOADS))}; choose from {','.join(WORKLOADS)}")
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
+    if args.tasks:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not tasks or set(tasks) - set(mode["quality"]["tasks"]):
+            ap.error(f"--tasks: choose from {', '.join(mode['quality']['tasks'])}")
+        mode = {**mode, "quality": {**mode["quality"], "tasks": tasks}}
     out_json = Path(args.out) / "results.json" if args.out else HERE / "results.json"
     out_md = Path(args.out) / "BENCHMARKS.md" if args.out else ROOT / "BENCHMARKS.md"
     cache = Path(args.cache).resolve()
@@ -712,9 +721,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 publish(*wl_end_to_end(r, server, model, mode, desc, wls, publish))
             if "g" in wls:
-                from quality import wl_quality
+                from quality import _aggregate, wl_quality
+
+                earlier = {k: v for k, v in (res["workloads"].get("quality") or {}).get("tasks", {}).items()
+                           if args.tasks and k not in mode["quality"]["tasks"]}
 
                 def publish_g(g: dict[str, Any]) -> None:
+                    if earlier:  # tasks measured by an earlier run of this mode, kept as they were
+                        g["tasks"] = {**earlier, **g["tasks"]}
+                        g["settings"] = {**g["settings"], "tasks": list(g["tasks"])}
+                        _aggregate(g)
                     res["workloads"]["quality"] = g
                     save()
 

@@ -259,6 +259,18 @@ def test_stop_rules_target_patience_and_tokens():
         Search(params, forward=make_forward(params), train=TRAIN, val=VAL, proposer=Stuck(params))
 
 
+def test_iterations_bounds_the_optimizer_steps_whatever_they_cost():
+    params = make_params()
+    result = Search(params, forward=make_forward(params), train=TRAIN, val=VAL, metric=metric,
+                    proposer=ScriptedProposer(params), iterations=4, perfect=None).fit()
+    assert result.stopped == "iterations" and result.iterations == 4
+    assert len([r for r in result.rows if r["kind"] in ("mutation", "merge")]) == 4
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="iterations must be an integer"):
+            Search(params, forward=make_forward(params), train=TRAIN, val=VAL, metric=metric,
+                   proposer=ScriptedProposer(params), iterations=bad)
+
+
 def test_every_metric_call_counts_minibatch_and_val():
     result = run_task(budget=40)
     seed_calls = len(VAL)

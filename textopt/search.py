@@ -10,7 +10,7 @@ joins, the next iteration may merge two front candidates that changed different 
 common ancestor (each changed parameter comes from the candidate that changed it).
 
 Every metric call (minibatch and validation) counts toward `budget`. The search stops at a budget
-(metric calls, tokens, dollars), a `target` mean validation score, or after `patience` mutations in a
+(metric calls, tokens, dollars), a number of `iterations`, a `target` mean validation score, or after `patience` mutations in a
 row that added nothing. At the end the parameters hold the best candidate (highest mean validation
 score). With run_dir, a checkpoint after every iteration lets `Search(..., resume=True)` continue a
 killed search to the same result (the RNG, minibatch order and pool are all in it).
@@ -87,7 +87,8 @@ class Search:
     async; loss(example, output) -> Variable (optional) gives feedback when the metric gives none.
     proposer: "tgd", "optoprime" or an Optimizer over (at least) these parameters; engine is its engine.
     minibatch: training examples per mutation; proposals: samples per mutation (the best one is kept);
-    merge: True, False or the number of merge attempts; budget: metric calls; patience: mutations in a
+    merge: True, False or the number of merge attempts; budget: metric calls; iterations: mutations and
+    merges (a budget of optimizer steps, whatever they cost in metric calls); patience: mutations in a
     row without a new pool entry; perfect: a minibatch the parent already scores this on everywhere is
     skipped (None: never skip). callbacks receive every event (see textopt.run.Callback); spec: extra
     fields for run_dir/spec.json (e.g. what `textopt resume` needs to rebuild the search).
@@ -98,7 +99,8 @@ class Search:
         metric: Metric | None = None, loss: Callable[[Any, Variable], Any] | None = None, proposer: Any = "tgd",
         engine: "Engine | str | None" = None, minibatch: int = 3, proposals: int = 1, merge: bool | int = True,
         budget: int | None = None, budget_tokens: int | None = None, budget_usd: float | None = None,
-        target: float | None = None, patience: int | None = None, perfect: float | None = 1.0,
+        target: float | None = None, patience: int | None = None, iterations: int | None = None,
+        perfect: float | None = 1.0,
         concurrency: int | None = None, run_dir: str | Path | None = None, resume: bool = False, seed: int = 0,
         callbacks: Sequence["Callback | Callable[[dict[str, Any]], Any]"] = (), progress: bool | None = None,
         spec: dict[str, Any] | None = None,
@@ -114,15 +116,17 @@ class Search:
         for name, v in (("minibatch", minibatch), ("proposals", proposals)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if budget is None and budget_tokens is None and budget_usd is None and patience is None:
+        if iterations is not None and (not isinstance(iterations, int) or iterations < 0):
+            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+        if budget is None and budget_tokens is None and budget_usd is None and patience is None and iterations is None:
             raise ValueError("give Search a stopping rule: budget=<metric calls> (e.g. 20 * len(val)), "
-                             "budget_tokens=, budget_usd= or patience=")
+                             "budget_tokens=, budget_usd=, iterations= or patience=")
         self.forward, self.metric, self.loss = forward, metric, loss
         self.reflector = Reflector(proposer, self.params, engine, loss=loss, perfect=perfect)
         self.minibatch, self.proposals = min(minibatch, len(self.train)), proposals
         self.max_merges = (MERGES if merge else 0) if isinstance(merge, bool) else int(merge)
         self.budget, self.budget_tokens, self.budget_usd = budget, budget_tokens, budget_usd
-        self.target, self.patience, self.perfect = target, patience, perfect
+        self.target, self.patience, self.perfect, self.iterations = target, patience, perfect, iterations
         self.concurrency, self.seed = concurrency, seed
         self.run_dir, self.resume = (Path(run_dir) if run_dir is not None else None), resume
         self.callbacks, self.progress, self.extra_spec = list(callbacks), progress, dict(spec or {})
@@ -211,6 +215,8 @@ class Search:
             return "target"
         if self.patience is not None and self.state.stale >= self.patience:
             return "patience"
+        if self.iterations is not None and self.state.iteration >= self.iterations:
+            return "iterations"
         return self.run.stop_reason(step=self.state.iteration, total_steps=None, metric_calls=self.run.metric_calls)
 
     # -- one iteration -------------------------------------------------------------------------
@@ -310,7 +316,7 @@ class Search:
         return {"parameters": [p.name for p in self.params], **self._fingerprints,
                 "options": {"minibatch": self.minibatch, "proposals": self.proposals, "merges": self.max_merges,
                             "budget": self.budget, "budget_tokens": self.budget_tokens, "budget_usd": self.budget_usd,
-                            "target": self.target, "patience": self.patience, "seed": self.seed,
+                            "target": self.target, "patience": self.patience, "iterations": self.iterations, "seed": self.seed,
                             "proposer": self.reflector.name}}
 
     def state_dict(self) -> dict[str, Any]:
