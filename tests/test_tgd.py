@@ -149,3 +149,39 @@ def test_value_the_variable_refuses_is_recorded_not_raised():
     opt.step()
     assert p.value == "good"
     assert "refused" in opt.failures[0].error and opt.failures[0].variable == "picky"
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("Count each item, then answer with the number.", "Count each item, then answer with the number."),
+        ("New text:\n{input}\nAnswer with one word.", "{input}\nAnswer with one word."),
+        ('"Count each item."', "Count each item."),
+        ("```\nCount each item.\n```", "Count each item."),
+        ("Text: {input}\nLabel:", "Text: {input}\nLabel:"),  # a colon inside the value is not a label line
+    ],
+)
+def test_text_replies_are_the_new_value_with_no_schema(reply, expected):
+    p = param()
+    eng = to.ScriptedEngine(reply)
+    opt = to.TGD([p], engine=eng, reply="text", max_tokens=64)
+    opt.step()
+    assert p.value == expected and opt.failures == []
+    req = eng.requests[0]
+    assert req.json_schema is None and req.options["max_tokens"] == 64
+    assert "be more precise" in req.messages[-1]["content"] and "JSON" not in req.messages[0]["content"]
+
+
+def test_text_reply_that_repeats_the_value_is_reasked_then_recorded():
+    p = param()
+    eng = to.ScriptedEngine(["Answer the question.", "Answer the question."])
+    opt = to.TGD([p], engine=eng, reply="text")
+    opt.step()
+    assert p.value == "Answer the question."
+    assert opt.failures and opt.failures[-1].variable == "sys"
+    assert "Already tried" in eng.requests[-1].messages[-1]["content"]
+
+
+def test_reply_format_is_checked():
+    with pytest.raises(ValueError, match="reply must be 'json' or 'text'"):
+        to.TGD([param()], engine=to.ScriptedEngine("x"), reply="yaml")

@@ -197,6 +197,22 @@ def test_optimize_with_search_runs_reports_and_resumes(tmp_path, capsys):
     assert "search:" in capsys.readouterr().out
 
 
+def test_update_format_text_sends_plain_text_updates_and_is_kept_for_resume(tmp_path, capsys):
+    from textopt.cli import main
+    from textopt.recipes import build, resume
+
+    run = tmp_path / "run"
+    assert main(["optimize", "--engine", "fake", "--optimizer", "search", "--steps", "2", "--batch-size", "2",
+                 "--eval-size", "2", "--val-size", "3", "--update-format", "text", "--out", str(run)]) == 0
+    assert json.loads((run / "spec.json").read_text())["args"]["update_format"] == "text"
+    job = resume(run)
+    assert job.search.reflector.opt.reply == "text"
+    assert build({"recipe": "optimize", "args": {"engine": "fake"}}).proposer().reply == "json"
+    with pytest.raises(SystemExit):
+        main(["optimize", "--engine", "fake", "--update-format", "yaml"])
+    capsys.readouterr()
+
+
 def test_optimize_with_optoprime_on_the_fake_model(tmp_path, capsys):
     from textopt.cli import main
 

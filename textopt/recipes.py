@@ -172,7 +172,7 @@ OPTIMIZE_DEFAULTS: dict[str, Any] = {
     "steps": None, "batch_size": None, "eval_size": None, "val_size": None, "prompt": None,
     "seed": 0, "max_tokens": None, "update_tokens": 256, "concurrency": 8, "budget_tokens": None, "budget_calls": None,
     "budget_usd": None, "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False,
-    "budget_metric_calls": None, "train_size": None,
+    "budget_metric_calls": None, "train_size": None, "update_format": "json",
 }
 OPTIMIZERS = ("tgd", "optoprime", "search")
 #: Sizes when an argument is None: (label task with search) and (anything else, the Trainer's small run).
@@ -298,7 +298,15 @@ class _PromptTask(Job):
         if a["optimizer"] == "optoprime":
             return to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints,
                                 max_tokens=a["update_tokens"])
-        return to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints, max_tokens=a["update_tokens"])
+        return to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints, max_tokens=a["update_tokens"],
+                      reply=self.update_format())
+
+    def update_format(self) -> str:
+        """TGD's reply format: json (reasoning and value) or text (the value alone; see `to.TGD(reply=...)`)."""
+        fmt = self.args.get("update_format") or "json"
+        if fmt not in ("json", "text"):
+            raise ValueError(f"--update-format must be json or text, got {fmt!r}")
+        return fmt
 
     def _labels(self) -> tuple[str, ...]:
         from .datasets import LABELS

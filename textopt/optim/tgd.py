@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ..backward import feedback_text
@@ -30,8 +31,11 @@ class NoFeedback(ValueError):
 class TGD(Optimizer):
     """TextGrad-style update: each parameter with feedback (its gradients, from `backward`) is rewritten by
     one LLM call. constraints: rules every new value must keep; memory=k shows the last k (value, feedback)
-    pairs; examples: good values to imitate; max_tokens caps each update reply. A reply that can't be
-    parsed is sent back once with the error; failures are recorded in `.failures` (see Optimizer)."""
+    pairs; examples: good values to imitate; max_tokens caps each update reply. reply="json" (default) asks
+    for {"reasoning", "new_value"} (a reply that can't be parsed is sent back once with the error);
+    reply="text" asks for the new value alone in plain text (tgd_update_text.j2), which small local models
+    get right far more often than a JSON grammar, at the price of no recorded reasoning. Failures are
+    recorded in `.failures` (see Optimizer)."""
 
     placeholders: ClassVar[frozenset[str]] = frozenset({"<why>", "<the full new text>"})
 
@@ -45,9 +49,13 @@ class TGD(Optimizer):
         examples: Sequence[str] = (),
         strict: bool = False,
         max_tokens: int = 1024,
+        reply: str = "json",
         **base: Any,
     ) -> None:
+        if reply not in ("json", "text"):
+            raise ValueError(f"reply must be 'json' or 'text', got {reply!r}")
         super().__init__(parameters, engine=engine, strict=strict, memory=memory, **base)
+        self.reply = reply
         self.max_tokens = max_tokens
         self.constraints = list(constraints)
         self.examples = list(examples)
@@ -56,7 +64,7 @@ class TGD(Optimizer):
         """The update request for one parameter (exposed so tests and users can read it)."""
         with using_templates(self.templates):  # this optimizer's own template overrides, if any
             return render_messages(
-                "tgd_update.j2",
+                "tgd_update_text.j2" if self.reply == "text" else "tgd_update.j2",
                 role=param.role,
                 value=param.text,
                 feedback=feedback,
@@ -82,6 +90,10 @@ class TGD(Optimizer):
             if not feedback.strip():
                 return NoFeedback(f"the feedback on {param.name!r} is empty; nothing to update from")
             messages = self.messages_for(param, feedback, rejected)
+            if self.reply == "text":
+                options = {"max_tokens": self.max_tokens, **({"temperature": temperature} if temperature is not None else {})}
+                raw = (await engine.acomplete(messages, **options)).text
+                return Proposal(plain_value(raw), feedback=feedback, reply=raw)
             obj, reply = await self.ask_json(
                 messages, UPDATE_SCHEMA, ["new_value"], engine=engine, temperature=temperature, shape=UPDATE_SHAPE,
                 max_tokens=self.max_tokens,
@@ -89,3 +101,19 @@ class TGD(Optimizer):
             return Proposal(text_field(obj, "new_value"), reasoning=str(obj.get("reasoning") or ""), feedback=feedback, reply=reply)
         except (ParseError, EngineError) as exc:
             return exc
+
+
+_LABEL = re.compile(r"^\s*(?:new|improved|updated|revised|better)?\s*(?:text|value|version|prompt|instruction|template)?\s*:\s*\n", re.I)
+
+
+def plain_value(reply: str) -> str:
+    """The new value in a plain-text update reply: without a surrounding code fence, a leading label line
+    ("New text:") or quotes around the whole reply. Inner text is kept as written."""
+    text = reply.strip()
+    fence = re.fullmatch(r"```[\w-]*\n(.*?)\n?```", text, re.S)
+    if fence:
+        text = fence.group(1).strip()
+    text = _LABEL.sub("", text, count=1).strip() if _LABEL.match(text) and _LABEL.sub("", text, count=1).strip() else text
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
