@@ -278,3 +278,11 @@ def test_the_body_sent_is_what_the_sdks_transform_would_send():
         body = {"model": "m", "messages": openai_messages(sent), "temperature": 0.0, "max_tokens": 5, "seed": 1,
                 "stop": ["\n"], "top_p": 0.9, "response_format": eng._response_format(schema)}
         assert asyncio.run(async_maybe_transform(body, params.CompletionCreateParamsNonStreaming)) == body
+
+
+def test_a_base_url_with_credentials_keeps_the_httpx_transport():
+    """aiohttp refuses user:password@ in the URL next to the SDK's Authorization header; httpx sends it."""
+    pytest.importorskip("httpx_aiohttp")
+    with_creds = to.get_engine("openai:m", base_url="http://user:pw@127.0.0.1:9/v1", api_key="k", cache=False)
+    plain = to.get_engine("openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", cache=False)
+    assert with_creds.transport == "httpx" and plain.transport == "aiohttp"

@@ -64,7 +64,9 @@ class OpenAIEngine(Engine):
         self._openai = openai
         self._httpx = httpx
         if transport == "auto":
-            transport = "aiohttp" if _has_aiohttp() else "httpx"
+            # aiohttp refuses a URL with user:password@ next to the SDK's Authorization header (the request
+            # fails before it is sent); httpx sends it as httpx always has, so such URLs keep httpx.
+            transport = "aiohttp" if _has_aiohttp() and not _has_userinfo(base_url or os.environ.get("OPENAI_BASE_URL")) else "httpx"
         elif transport == "aiohttp" and not _has_aiohttp():
             raise ValueError("transport='aiohttp' needs the httpx-aiohttp package: pip install 'openai[aiohttp]'")
         self.transport = transport
@@ -169,6 +171,12 @@ class OpenAIEngine(Engine):
             completion_tokens=int(usage.get("completion_tokens") or 0),
             model=data.get("model") or self.model,
         )
+
+
+def _has_userinfo(url: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    return bool(url) and "@" in (urlsplit(url).netloc or "")
 
 
 def _has_aiohttp() -> bool:
