@@ -599,11 +599,10 @@ def missed_notes(res: dict[str, Any]) -> list[str]:
         notes.append("(h) textopt evaluation: " + ", ".join(f"c={c}: {v['seconds']:.2f} s = {v['x_limit']:.2f}× the limit" for c, v in t.items())
                      + "; " + ", ".join(f"{k}: " + ", ".join(f"c={c}: {v['seconds']:.2f} s" for c, v in row["levels"].items())
                                         for k, row in h["frameworks"].items() if k != "textopt" and row.get("available"))
-                     + ". Where the time goes (cProfile of the textopt loop thread, 400 examples at c=64): httpcore's async "
-                     "connection pool re-scans every connection for every queued request on each event "
-                     "(_assign_requests_to_connections, ~30% of the loop's time), then the openai SDK's request transform "
-                     "and per-call retry set-up; all of it on one event-loop thread, while the peers spread the same work "
-                     "over c threads. The engines' HTTP path (not the evaluation loop) is what to make leaner.")
+                     + ". What is left per call, all on one event-loop thread on 2 shared cores: the SDK's request "
+                     "building (about a third), the disk-cache write and the per-attempt retry set-up; the scripted "
+                     "engine, with no HTTP at all, is itself 1.64x the limit at c=64 (BENCHMARKS.md, issue 10). The "
+                     "httpx pool that cost 9-17x is gone (aiohttp transport, lean request path).")
     if w.get("quality"):
         from quality import missed as quality_missed
 
