@@ -627,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of a-h (a-f: speed and robustness; g: quality at equal budget; h: evaluation throughput)")
     ap.add_argument("--tasks", default=None, help="(g) comma-separated subset of the mode's tasks; results for the other "
                     "tasks from an earlier run of the same mode are kept (so a long (g) can run one task at a time)")
+    ap.add_argument("--seeds", default=None, help="(g) comma-separated seeds instead of the mode's (e.g. 0 for a first look)")
     ap.add_argument("--out", default=None, help="folder for results.json and BENCHMARKS.md (default: the repo's)")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder for the peer venvs and scratch files")
     args = ap.parse_args(argv)
@@ -645,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
         if not tasks or set(tasks) - set(mode["quality"]["tasks"]):
             ap.error(f"--tasks: choose from {', '.join(mode['quality']['tasks'])}")
         mode = {**mode, "quality": {**mode["quality"], "tasks": tasks}}
+    if args.seeds:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            ap.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+        mode = {**mode, "quality": {**mode["quality"], "seeds": seeds}}
     out_json = Path(args.out) / "results.json" if args.out else HERE / "results.json"
     out_md = Path(args.out) / "BENCHMARKS.md" if args.out else ROOT / "BENCHMARKS.md"
     cache = Path(args.cache).resolve()
