@@ -729,15 +729,25 @@ def main(argv: list[str] | None = None) -> int:
             if "g" in wls:
                 from quality import _aggregate, wl_quality
 
-                earlier = {k: v for k, v in (res["workloads"].get("quality") or {}).get("tasks", {}).items()
-                           if args.tasks and k not in mode["quality"]["tasks"]}
+                earlier = (res["workloads"].get("quality") or {}).get("tasks", {})
+                run_seeds = set(mode["quality"]["seeds"])
 
                 def publish_g(g: dict[str, Any]) -> None:
-                    if earlier:  # tasks measured by an earlier run of this mode, kept as they were
-                        g["tasks"] = {**earlier, **g["tasks"]}
-                        g["settings"] = {**g["settings"], "tasks": list(g["tasks"])}
-                        _aggregate(g)
-                    res["workloads"]["quality"] = g
+                    # With --tasks, other tasks of an earlier run of this mode are kept; with --seeds, so are the
+                    # earlier rows of the other seeds of the tasks run now. g itself is left as wl_quality keeps it.
+                    out = json.loads(json.dumps(g))
+                    if args.tasks or args.seeds:
+                        for task, prev in earlier.items():
+                            if task not in out["tasks"]:
+                                if args.tasks:
+                                    out["tasks"][task] = prev
+                            elif args.seeds:
+                                kept = [row for row in prev.get("runs", []) if row.get("seed") not in run_seeds]
+                                out["tasks"][task]["runs"] = kept + out["tasks"][task]["runs"]
+                        seeds = sorted({row["seed"] for t in out["tasks"].values() for row in t.get("runs", [])})
+                        out["settings"] = {**out["settings"], "tasks": list(out["tasks"]), "seeds": seeds or out["settings"]["seeds"]}
+                        _aggregate(out)
+                    res["workloads"]["quality"] = out
                     save()
 
                 publish_g(wl_quality(r, server, model, mode, desc, publish_g))
