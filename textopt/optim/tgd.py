@@ -113,7 +113,8 @@ def plain_value(reply: str) -> str:
     fence = re.fullmatch(r"```[\w-]*\n(.*?)\n?```", text, re.S)
     if fence:
         text = fence.group(1).strip()
-    text = _LABEL.sub("", text, count=1).strip() if _LABEL.match(text) and _LABEL.sub("", text, count=1).strip() else text
+    unlabeled = _LABEL.sub("", text, count=1).strip()
+    text = unlabeled or text  # a reply that is only a label line keeps it (and fails the value check)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
         text = text[1:-1].strip()
     return text
