@@ -317,7 +317,7 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
     train = _examples(max(mode["valid_steps"], 3), seed=1)
     rows: dict[str, Any] = {}
     for name, kind, label in VALID_OPTIMIZERS:
-        if not r.fw.available(name):
+        if not r.fw.available(name) or (mode.get("optimizers") and label not in mode["optimizers"]):
             continue
         run_id = f"valid-{name}-{kind}-{r._n}"
         cfg = {"base_url": server.base_url(run_id), "model": model, "max_tokens": mode["max_tokens"], "optimizer": kind,
@@ -627,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of a-h (a-f: speed and robustness; g: quality at equal budget; h: evaluation throughput)")
     ap.add_argument("--tasks", default=None, help="(g) comma-separated subset of the mode's tasks; results for the other "
                     "tasks from an earlier run of the same mode are kept (so a long (g) can run one task at a time)")
+    ap.add_argument("--optimizers", default=None,
+                    help="(d, g) comma-separated optimizer labels to run, e.g. 'textopt OptoPrime,Trace OptoPrime' "
+                         "(d) or 'textopt OptoPrime (Trainer)' (g); the other rows of an earlier run are kept")
     ap.add_argument("--seeds", default=None, help="(g) comma-separated seeds instead of the mode's (e.g. 0 for a first look)")
     ap.add_argument("--out", default=None, help="folder for results.json and BENCHMARKS.md (default: the repo's)")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder for the peer venvs and scratch files")
@@ -646,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
         if not tasks or set(tasks) - set(mode["quality"]["tasks"]):
             ap.error(f"--tasks: choose from {', '.join(mode['quality']['tasks'])}")
         mode = {**mode, "quality": {**mode["quality"], "tasks": tasks}}
+    if args.optimizers:
+        labels = [x.strip() for x in args.optimizers.split(",") if x.strip()]
+        mode = {**mode, "optimizers": labels, "quality": {**mode["quality"], "optimizers": labels}}
     if args.seeds:
         try:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -712,7 +718,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 server, model, desc = lat, "latency", "latency engine (tiny mode: exercises the code path, not the model)"
             if "d" in wls:
+                earlier_d = (res["workloads"].get("valid_updates") or {}).get("optimizers", {})
+
                 def publish_d(d: dict[str, Any]) -> None:
+                    # Rows of optimizers not run now (e.g. `--only textopt` after the peers) are kept.
+                    if earlier_d and d.get("steps") == (res["workloads"].get("valid_updates") or {}).get("steps"):
+                        rows = {**{k: v for k, v in earlier_d.items() if k not in d["optimizers"]}, **d["optimizers"]}
+                        d = _valid_results(rows, mode, d["engine"])
                     res["workloads"]["valid_updates"] = d
                     save()
 
@@ -730,19 +742,21 @@ def main(argv: list[str] | None = None) -> int:
                 from quality import _aggregate, wl_quality
 
                 earlier = (res["workloads"].get("quality") or {}).get("tasks", {})
-                run_seeds = set(mode["quality"]["seeds"])
 
                 def publish_g(g: dict[str, Any]) -> None:
                     # With --tasks, other tasks of an earlier run of this mode are kept; with --seeds, so are the
                     # earlier rows of the other seeds of the tasks run now. g itself is left as wl_quality keeps it.
                     out = json.loads(json.dumps(g))
-                    if args.tasks or args.seeds:
+                    if args.tasks or args.seeds or args.optimizers:
                         for task, prev in earlier.items():
                             if task not in out["tasks"]:
                                 if args.tasks:
                                     out["tasks"][task] = prev
-                            elif args.seeds:
-                                kept = [row for row in prev.get("runs", []) if row.get("seed") not in run_seeds]
+                            else:
+                                # A row is replaced only by a row of the same seed and optimizer run now, so one
+                                # optimizer (--only) or one seed can be re-run without losing the others' rows.
+                                fresh = {(row.get("seed"), row.get("optimizer")) for row in out["tasks"][task]["runs"]}
+                                kept = [row for row in prev.get("runs", []) if (row.get("seed"), row.get("optimizer")) not in fresh]
                                 out["tasks"][task]["runs"] = kept + out["tasks"][task]["runs"]
                         seeds = sorted({row["seed"] for t in out["tasks"].values() for row in t.get("runs", [])})
                         out["settings"] = {**out["settings"], "tasks": list(out["tasks"]), "seeds": seeds or out["settings"]["seeds"]}
