@@ -18,6 +18,8 @@ Run through the harness: `python benchmarks/run.py --workloads g [--quick | --ti
 """
 from __future__ import annotations
 
+import json
+
 import math
 import statistics
 import sys
@@ -122,6 +124,24 @@ def _score(r: Any, server: Any, model: str, task: str, labels: list[str], prompt
     if "error" in out:
         raise RuntimeError(f"scoring failed: {out['error']}")
     return out["scores"]
+
+
+def merge_quality(earlier: dict[str, Any], now: dict[str, Any], *, keep_tasks: bool) -> dict[str, Any]:
+    """(g) of this run with an earlier run's rows kept: a row (task, seed, optimizer) is replaced only by the
+    same row run now, so one seed or one optimizer can be re-run alone; with keep_tasks the tasks not run now
+    are kept whole. Settings list the tasks and seeds now present; call `_aggregate` on the result."""
+    out = json.loads(json.dumps(now))
+    for task, prev in earlier.items():
+        if task not in out["tasks"]:
+            if keep_tasks:
+                out["tasks"][task] = prev
+            continue
+        fresh = {(row.get("seed"), row.get("optimizer")) for row in out["tasks"][task]["runs"]}
+        kept = [row for row in prev.get("runs", []) if (row.get("seed"), row.get("optimizer")) not in fresh]
+        out["tasks"][task]["runs"] = kept + out["tasks"][task]["runs"]
+    seeds = sorted({row["seed"] for t in out["tasks"].values() for row in t.get("runs", [])})
+    out["settings"] = {**out["settings"], "tasks": list(out["tasks"]), "seeds": seeds or out["settings"]["seeds"]}
+    return out
 
 
 def _aggregate(res: dict[str, Any]) -> None:

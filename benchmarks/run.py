@@ -338,6 +338,15 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
     return _valid_results(rows, mode, engine_desc)
 
 
+def merge_valid(earlier: dict[str, Any], now: dict[str, Any], mode: dict[str, Any]) -> dict[str, Any]:
+    """(d) of this run with the rows of optimizers not run now (e.g. `--only textopt` after the peers) kept
+    from an earlier run of the same number of steps."""
+    if not earlier or earlier.get("steps") != now.get("steps"):
+        return now
+    rows = {**{k: v for k, v in earlier.get("optimizers", {}).items() if k not in now["optimizers"]}, **now["optimizers"]}
+    return _valid_results(rows, mode, now["engine"])
+
+
 def _valid_results(rows: dict[str, Any], mode: dict[str, Any], engine_desc: str) -> dict[str, Any]:
     res: dict[str, Any] = {"engine": engine_desc, "steps": mode["valid_steps"], "optimizers": rows,
                            "target": "textopt >= 95% of steps yield a usable new value"}
@@ -718,14 +727,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 server, model, desc = lat, "latency", "latency engine (tiny mode: exercises the code path, not the model)"
             if "d" in wls:
-                earlier_d = (res["workloads"].get("valid_updates") or {}).get("optimizers", {})
+                earlier_d = res["workloads"].get("valid_updates") or {}
 
                 def publish_d(d: dict[str, Any]) -> None:
-                    # Rows of optimizers not run now (e.g. `--only textopt` after the peers) are kept.
-                    if earlier_d and d.get("steps") == (res["workloads"].get("valid_updates") or {}).get("steps"):
-                        rows = {**{k: v for k, v in earlier_d.items() if k not in d["optimizers"]}, **d["optimizers"]}
-                        d = _valid_results(rows, mode, d["engine"])
-                    res["workloads"]["valid_updates"] = d
+                    res["workloads"]["valid_updates"] = merge_valid(earlier_d, d, mode)
                     save()
 
                 publish_d(wl_valid_updates(r, server, model, mode, desc, publish_d))
@@ -739,27 +744,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 publish(*wl_end_to_end(r, server, model, mode, desc, wls, publish))
             if "g" in wls:
-                from quality import _aggregate, wl_quality
+                from quality import _aggregate, merge_quality, wl_quality
 
                 earlier = (res["workloads"].get("quality") or {}).get("tasks", {})
 
                 def publish_g(g: dict[str, Any]) -> None:
-                    # With --tasks, other tasks of an earlier run of this mode are kept; with --seeds, so are the
-                    # earlier rows of the other seeds of the tasks run now. g itself is left as wl_quality keeps it.
-                    out = json.loads(json.dumps(g))
+                    out = g
                     if args.tasks or args.seeds or args.optimizers:
-                        for task, prev in earlier.items():
-                            if task not in out["tasks"]:
-                                if args.tasks:
-                                    out["tasks"][task] = prev
-                            else:
-                                # A row is replaced only by a row of the same seed and optimizer run now, so one
-                                # optimizer (--only) or one seed can be re-run without losing the others' rows.
-                                fresh = {(row.get("seed"), row.get("optimizer")) for row in out["tasks"][task]["runs"]}
-                                kept = [row for row in prev.get("runs", []) if (row.get("seed"), row.get("optimizer")) not in fresh]
-                                out["tasks"][task]["runs"] = kept + out["tasks"][task]["runs"]
-                        seeds = sorted({row["seed"] for t in out["tasks"].values() for row in t.get("runs", [])})
-                        out["settings"] = {**out["settings"], "tasks": list(out["tasks"]), "seeds": seeds or out["settings"]["seeds"]}
+                        out = merge_quality(earlier, g, keep_tasks=bool(args.tasks))
                         _aggregate(out)
                     res["workloads"]["quality"] = out
                     save()

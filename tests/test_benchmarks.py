@@ -114,3 +114,49 @@ def test_bad_arguments_are_named():
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--workloads", "g,z", "--tiny"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "'z'" in p.stderr
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _row(opt: str, seed: int, after: float) -> dict:
+    usage = {"calls": 1, "total_tokens": 1}
+    return {"optimizer": opt, "seed": seed, "available": True, "before": 0.1, "after": after, "final_prompt": "p",
+            "task_usage": usage, "optimizer_usage": usage, "wall_s": 1.0}
+
+
+def test_quality_merge_replaces_only_the_rows_run_again():
+    """`run.py --seeds 1` or `--optimizers X` after a full (g): the rows not run now survive, a re-run row
+    replaces its old self, and the aggregate is over the merged seeds."""
+    quality = _bench_module("quality")
+    earlier = {"sentiment": {"runs": [_row("A", 0, 0.2), _row("B", 0, 0.3)]},
+               "categories": {"runs": [_row("A", 0, 0.5)]}}
+    now = {"settings": {"seeds": [1]}, "tasks": {"sentiment": {"runs": [_row("A", 0, 0.4), _row("A", 1, 0.6)]}}}
+    out = quality.merge_quality(earlier, now, keep_tasks=False)
+    rows = {(r["optimizer"], r["seed"]): r["after"] for r in out["tasks"]["sentiment"]["runs"]}
+    assert rows == {("A", 0): 0.4, ("A", 1): 0.6, ("B", 0): 0.3}
+    assert "categories" not in out["tasks"] and out["settings"]["seeds"] == [0, 1]
+    assert now["tasks"]["sentiment"]["runs"][0]["after"] == 0.4 and len(now["tasks"]["sentiment"]["runs"]) == 2  # not mutated
+    quality._aggregate(out)
+    a = out["tasks"]["sentiment"]["optimizers"]["A"]
+    assert a["seeds"] == 2 and abs(a["after_mean"] - 0.5) < 1e-9
+    kept = quality.merge_quality(earlier, now, keep_tasks=True)
+    assert kept["tasks"]["categories"] == earlier["categories"] and kept["settings"]["tasks"] == ["sentiment", "categories"]
+
+
+def test_valid_update_merge_keeps_the_other_optimizers_of_the_same_length():
+    run = _bench_module("run")
+    mode = run.MODES["full"]
+    old = run._valid_results({"textopt TGD": {"available": True, "rate": 0.9}, "TextGrad TGD": {"available": True, "rate": 1.0}},
+                             mode, "engine")
+    now = run._valid_results({"TextGrad TGD": {"available": True, "rate": 0.5}}, mode, "engine")
+    merged = run.merge_valid(old, now, mode)
+    assert {k: v["rate"] for k, v in merged["optimizers"].items()} == {"textopt TGD": 0.9, "TextGrad TGD": 0.5}
+    assert merged["met"] is False  # textopt TGD's 90% is still judged
+    shorter = {**old, "steps": 3}
+    assert run.merge_valid(shorter, now, mode) == now  # a run of another length is not mixed in
