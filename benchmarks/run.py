@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -328,9 +329,11 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
         else:
             steps = out["steps"]
             valid = sum(s["valid"] for s in steps)
-            errors = sorted({s["error"][:160] for s in steps if s["error"]})
+            counts = Counter(s["error"][:160] for s in steps if s["error"])
+            errors = sorted(counts)
             rows[label] = {"available": True, "steps": len(steps), "valid": valid, "rate": valid / len(steps),
                            "changed": sum(s["changed"] for s in steps), "errors": errors[:4],
+                           "error_counts": dict(counts.most_common(6)),
                            "usage": {k: v for k, v in server.stats(run_id).to_dict().items() if k != "prompt_chars"}, "seconds": out.get("wall_seconds")}
         log(f"(d) {label}: {rows[label].get('rate', rows[label].get('reason'))}")
         if publish is not None:
@@ -481,10 +484,14 @@ def render_markdown(res: dict[str, Any]) -> str:
     if "valid_updates" in w:
         d = w["valid_updates"]
         L += [f"### (d) valid-update rate ({d['engine']}, {d['steps']} steps each)", "",
-              "| optimizer | valid / steps | rate | tokens | calls | seconds | typical failure |", "|---|---|---|---|---|---|---|"]
+              "| optimizer | valid / steps | rate | tokens | calls | seconds | failures (counted, where recorded) |", "|---|---|---|---|---|---|---|"]
         for label, row in d["optimizers"].items():
             if row.get("available"):
-                err = (row["errors"][0] if row["errors"] else "").replace("|", "/").replace("\n", " ")[:110]
+                if row.get("error_counts"):  # failure reasons, counted (runs before the counts list them only)
+                    err = "; ".join(f"{n} × {e[:90]}" for e, n in row["error_counts"].items())
+                else:
+                    err = (row["errors"][0] if row["errors"] else "")[:110]
+                err = err.replace("|", "/").replace("\n", " ")[:300]
                 L.append(f"| {label} | {row['valid']}/{row['steps']} | {row['rate']:.0%} | {row['usage']['total_tokens']:,} | "
                          f"{row['usage']['calls']} | {_fmt(row['seconds'], '', 0)} | {err or '—'} |")
             else:
@@ -775,7 +782,7 @@ def _save(res: dict[str, Any], previous: dict[str, Any], out_json: Path, out_md:
         "mode": mode_name, "mode_settings": mode, "command": command, "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "finished": finished.strftime("%Y-%m-%d %H:%M UTC"), "seconds": round((finished - started).total_seconds(), 1),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "noise": ("timings come from a shared 2-core machine on which other engineers were running local-model tests: "
+        "noise": ("timings come from a 2-core machine whose load varied between the runs merged here (other work at times): "
                   "expect ±20% between runs; ratios are taken within one run. Timing uses the latency engine, not the model. "
                   "Every framework gets the same completion cap "
                   f"({mode['max_tokens']} tokens) so the 135M model's rambling doesn't dominate."),

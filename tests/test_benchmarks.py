@@ -66,6 +66,7 @@ def test_updates_are_valid_and_rerun_hits_the_cache(tiny_run):
     for label in ("textopt TGD", "textopt OptoPrime"):
         d = w["valid_updates"]["optimizers"][label]
         assert d["available"] and d["rate"] == 1.0, d
+        assert d["error_counts"] == {}  # failure reasons are counted; none here
         e = w["end_to_end"]["optimizers"][label]
         assert e["available"] and e["tokens"]["calls"] > 0 and 0 <= e["accuracy_after"] <= 1
         f = w["cache_rerun"]["optimizers"][label]
