@@ -213,6 +213,24 @@ def test_update_format_text_sends_plain_text_updates_and_is_kept_for_resume(tmp_
     capsys.readouterr()
 
 
+def test_search_proposer_optoprime_is_used_and_kept_for_resume(tmp_path, capsys):
+    from textopt.cli import main
+    from textopt.optim import TGD, OptoPrime
+    from textopt.recipes import build, resume
+
+    run = tmp_path / "run"
+    assert main(["optimize", "--engine", "fake", "--optimizer", "search", "--steps", "2", "--batch-size", "2",
+                 "--eval-size", "2", "--val-size", "3", "--proposer", "optoprime", "--out", str(run)]) == 0
+    assert json.loads((run / "spec.json").read_text())["args"]["proposer"] == "optoprime"
+    assert isinstance(resume(run).search.reflector.opt, OptoPrime)
+    assert isinstance(build({"recipe": "optimize", "args": {"engine": "fake"}}).search.reflector.opt, TGD)
+    with pytest.raises(ValueError, match="--proposer must be tgd or optoprime"):
+        build({"recipe": "optimize", "args": {"engine": "fake", "proposer": "gepa"}})
+    with pytest.raises(SystemExit):
+        main(["optimize", "--engine", "fake", "--proposer", "gepa"])
+    capsys.readouterr()
+
+
 def test_optimize_with_optoprime_on_the_fake_model(tmp_path, capsys):
     from textopt.cli import main
 

@@ -172,7 +172,7 @@ OPTIMIZE_DEFAULTS: dict[str, Any] = {
     "steps": None, "batch_size": None, "eval_size": None, "val_size": None, "prompt": None,
     "seed": 0, "max_tokens": None, "update_tokens": 256, "concurrency": 8, "budget_tokens": None, "budget_calls": None,
     "budget_usd": None, "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False,
-    "budget_metric_calls": None, "train_size": None, "update_format": "json",
+    "budget_metric_calls": None, "train_size": None, "update_format": "json", "proposer": "tgd",
 }
 OPTIMIZERS = ("tgd", "optoprime", "search")
 #: Sizes when an argument is None: (label task with search) and (anything else, the Trainer's small run).
@@ -295,11 +295,18 @@ class _PromptTask(Job):
         if self.labels:
             constraints = ["Keep {input} exactly once, where the text to classify goes.",
                            "The reply must be exactly one of these words: " + ", ".join(self._labels()) + "."]
-        if a["optimizer"] == "optoprime":
+        if a["optimizer"] == "optoprime" or (a["optimizer"] == "search" and self.proposer_kind() == "optoprime"):
             return to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints,
                                 max_tokens=a["update_tokens"])
         return to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints, max_tokens=a["update_tokens"],
                       reply=self.update_format())
+
+    def proposer_kind(self) -> str:
+        """What writes Search's proposals: tgd (the default) or optoprime (one call that sees the traces)."""
+        kind = str(self.args.get("proposer") or "tgd").lower()
+        if kind not in ("tgd", "optoprime"):
+            raise ValueError(f"--proposer must be tgd or optoprime, got {kind!r}")
+        return kind
 
     def update_format(self) -> str:
         """TGD's reply format: json (reasoning and value) or text (the value alone; see `to.TGD(reply=...)`)."""

@@ -56,6 +56,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         f"else {other['max_tokens']})")
     p.add_argument("--update-tokens", type=int, default=D["update_tokens"],
                    help=f"cap on each reply of the optimizer's update call (default: {D['update_tokens']})")
+    p.add_argument("--proposer", choices=("tgd", "optoprime"), default=D["proposer"],
+                   help="--optimizer search: what writes each proposal, TGD (feedback, then an update) or OptoPrime "
+                        "(one call that sees the calls and their feedback) (default: tgd)")
     p.add_argument("--update-format", choices=("json", "text"), default=D["update_format"],
                    help="TGD's update reply: json (reasoning and the new value, under the engine's JSON grammar) or "
                         "text (the new value alone, plain text; no grammar for a small model to fight) (default: json)")
