@@ -140,7 +140,8 @@ def merge_quality(earlier: dict[str, Any], now: dict[str, Any], *, keep_tasks: b
         kept = [row for row in prev.get("runs", []) if (row.get("seed"), row.get("optimizer")) not in fresh]
         out["tasks"][task]["runs"] = kept + out["tasks"][task]["runs"]
     seeds = sorted({row["seed"] for t in out["tasks"].values() for row in t.get("runs", [])})
-    out["settings"] = {**out["settings"], "tasks": list(out["tasks"]), "seeds": seeds or out["settings"]["seeds"]}
+    settings = {k: v for k, v in out["settings"].items() if k != "optimizers"}  # the merged rows cover more than a re-run's choice
+    out["settings"] = {**settings, "tasks": list(out["tasks"]), "seeds": seeds or out["settings"]["seeds"]}
     return out
 
 
@@ -157,6 +158,9 @@ def _aggregate(res: dict[str, Any]) -> None:
                 continue
             after, ci = mean_ci([x["after"] for x in ok])
             gain, gain_ci = mean_ci([x["after"] - x["before"] for x in ok])
+            # With few seeds a t-interval runs past what an accuracy can be: clip it to the possible range.
+            ci = [max(0.0, ci[0]), min(1.0, ci[1])] if ci else ci
+            gain_ci = [max(-1.0, gain_ci[0]), min(1.0, gain_ci[1])] if gain_ci else gain_ci
             t["optimizers"][label] = {
                 "available": True, "seeds": len(ok), "before": ok[0]["before"], "after_mean": after, "after_ci95": ci,
                 "gain_mean": gain, "gain_ci95": gain_ci,
@@ -256,6 +260,13 @@ def markdown(res: dict[str, Any], plot_name: str | None = None) -> list[str]:
                      f"{_ci(o['gain_ci95'], True) if o['gain_ci95'] else ''} | {o['task_calls']:.0f} | {o['task_tokens']:,.0f} | "
                      f"{o['optimizer_calls']:.0f} | {o['optimizer_tokens']:,.0f} | {o['wall_s']:.0f} | `{fp}` |")
         L.append("")
+        moved = [row for row in sorted(t.get("runs", []), key=lambda r: (r["optimizer"], r["seed"]))
+                 if row.get("available") and row["after"] != row["before"]]
+        if moved:  # the runs that changed test accuracy, each with its final prompt: a gain may be a degenerate prompt
+            L += [f"Runs that changed test accuracy on {task} (per seed, with the final prompt):", ""]
+            L += [f"- {row['optimizer']}, seed {row['seed']}: {_pct(row['before'])} → {_pct(row['after'])}, "
+                  f"`{row['final_prompt'].replace(chr(10), '⏎').replace('`', chr(39))[:220]}`" for row in moved]
+            L.append("")
     if plot_name:
         L += [f"![test accuracy per optimizer]({plot_name})", ""]
     if "met" in res:

@@ -758,7 +758,8 @@ def main(argv: list[str] | None = None) -> int:
                 def publish_g(g: dict[str, Any]) -> None:
                     out = g
                     if args.tasks or args.seeds or args.optimizers:
-                        out = merge_quality(earlier, g, keep_tasks=bool(args.tasks))
+                        # Tasks not (yet) run now are kept too, so an interrupted --seeds run loses nothing.
+                        out = merge_quality(earlier, g, keep_tasks=True)
                         _aggregate(out)
                     res["workloads"]["quality"] = out
                     save()

@@ -137,15 +137,18 @@ def test_quality_merge_replaces_only_the_rows_run_again():
     quality = _bench_module("quality")
     earlier = {"sentiment": {"runs": [_row("A", 0, 0.2), _row("B", 0, 0.3)]},
                "categories": {"runs": [_row("A", 0, 0.5)]}}
-    now = {"settings": {"seeds": [1]}, "tasks": {"sentiment": {"runs": [_row("A", 0, 0.4), _row("A", 1, 0.6)]}}}
+    now = {"settings": {"seeds": [1], "optimizers": ["A"]},
+           "tasks": {"sentiment": {"runs": [_row("A", 0, 0.4), _row("A", 1, 0.6)]}}}
     out = quality.merge_quality(earlier, now, keep_tasks=False)
     rows = {(r["optimizer"], r["seed"]): r["after"] for r in out["tasks"]["sentiment"]["runs"]}
     assert rows == {("A", 0): 0.4, ("A", 1): 0.6, ("B", 0): 0.3}
     assert "categories" not in out["tasks"] and out["settings"]["seeds"] == [0, 1]
+    assert "optimizers" not in out["settings"]  # the merged rows are more than the re-run's choice
     assert now["tasks"]["sentiment"]["runs"][0]["after"] == 0.4 and len(now["tasks"]["sentiment"]["runs"]) == 2  # not mutated
     quality._aggregate(out)
     a = out["tasks"]["sentiment"]["optimizers"]["A"]
     assert a["seeds"] == 2 and abs(a["after_mean"] - 0.5) < 1e-9
+    assert 0.0 <= a["after_ci95"][0] and a["after_ci95"][1] <= 1.0  # 2 seeds: the t-interval is clipped to [0, 1]
     kept = quality.merge_quality(earlier, now, keep_tasks=True)
     assert kept["tasks"]["categories"] == earlier["categories"] and kept["settings"]["tasks"] == ["sentiment", "categories"]
 
