@@ -295,7 +295,8 @@ class _PromptTask(Job):
         if self.labels:
             constraints = ["Keep {input} exactly once, where the text to classify goes.",
                            "The reply must be exactly one of these words: " + ", ".join(self._labels()) + "."]
-        if a["optimizer"] == "optoprime" or (a["optimizer"] == "search" and self.proposer_kind() == "optoprime"):
+        kind = self.proposer_kind()  # checked whatever the optimizer, so a typo is never ignored
+        if a["optimizer"] == "optoprime" or (a["optimizer"] == "search" and kind == "optoprime"):
             return to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints,
                                 max_tokens=a["update_tokens"])
         return to.TGD([self.prompt], engine=self.backward_engine, constraints=constraints, max_tokens=a["update_tokens"],
