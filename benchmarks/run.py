@@ -667,6 +667,12 @@ def main(argv: list[str] | None = None) -> int:
         mode = {**mode, "quality": {**mode["quality"], "tasks": tasks}}
     if args.optimizers:
         labels = [x.strip() for x in args.optimizers.split(",") if x.strip()]
+        from quality import OPTIMIZERS as G_OPTIMIZERS
+
+        known = [label for _, _, label in VALID_OPTIMIZERS] + [label for _, _, label in G_OPTIMIZERS]
+        unknown = [x for x in labels if x not in known]
+        if not labels or unknown:
+            ap.error(f"--optimizers: unknown {unknown or labels}; choose from {', '.join(dict.fromkeys(known))}")
         mode = {**mode, "optimizers": labels, "quality": {**mode["quality"], "optimizers": labels}}
     if args.seeds:
         try:

@@ -115,6 +115,9 @@ def test_bad_arguments_are_named():
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--workloads", "g,z", "--tiny"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "'z'" in p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--optimizers", "textopt Nope", "--tiny"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "textopt Nope" in p.stderr and "textopt Search" in p.stderr
 
 
 def _bench_module(name: str):
