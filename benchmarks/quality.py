@@ -19,11 +19,11 @@ Run through the harness: `python benchmarks/run.py --workloads g [--quick | --ti
 from __future__ import annotations
 
 import json
-
 import math
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -228,6 +228,12 @@ def _ci(ci: list[float] | None, signed: bool = False) -> str:
     return f"[{f(ci[0])}, {f(ci[1])}]"
 
 
+def checkout_line(rows: list[dict[str, Any]]) -> str:
+    """Which code the rows ran on ("0.1.0 (git abc1234)": row count), for tables merged from several runs."""
+    counts = Counter(row.get("checkout", "not recorded (run before rows kept it)") for row in rows)
+    return "Code the rows ran on: " + "; ".join(f"{k}: {n} row{'s' if n != 1 else ''}" for k, n in sorted(counts.items())) + "."
+
+
 def markdown(res: dict[str, Any], plot_name: str | None = None) -> list[str]:
     s = res["settings"]
     L = [f"### (g) quality at equal budget ({res['engine']})", "",
@@ -267,6 +273,7 @@ def markdown(res: dict[str, Any], plot_name: str | None = None) -> list[str]:
             L += [f"- {row['optimizer']}, seed {row['seed']}: {_pct(row['before'])} → {_pct(row['after'])}, "
                   f"`{row['final_prompt'].replace(chr(10), '⏎').replace('`', chr(39))[:220]}`" for row in moved]
             L.append("")
+    L += [checkout_line([row for t in res["tasks"].values() for row in t.get("runs", [])]), ""]
     if plot_name:
         L += [f"![test accuracy per optimizer]({plot_name})", ""]
     if "met" in res:

@@ -334,7 +334,8 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
             rows[label] = {"available": True, "steps": len(steps), "valid": valid, "rate": valid / len(steps),
                            "changed": sum(s["changed"] for s in steps), "errors": errors[:4],
                            "error_counts": dict(counts.most_common(6)),
-                           "usage": {k: v for k, v in server.stats(run_id).to_dict().items() if k != "prompt_chars"}, "seconds": out.get("wall_seconds")}
+                           "usage": {k: v for k, v in server.stats(run_id).to_dict().items() if k != "prompt_chars"}, "seconds": out.get("wall_seconds"),
+                           "checkout": r.fw.info["textopt"]["version"]}  # which code the row ran on, once rows are merged
         log(f"(d) {label}: {rows[label].get('rate', rows[label].get('reason'))}")
         if publish is not None:
             publish(_valid_results(rows, mode, engine_desc))
@@ -496,7 +497,10 @@ def render_markdown(res: dict[str, Any]) -> str:
                          f"{row['usage']['calls']} | {_fmt(row['seconds'], '', 0)} | {err or '—'} |")
             else:
                 L.append(f"| {label} | not available | — | — | — | — | {row['reason'][:110]} |")
-        L += ["", f"Target: {d['target']}: {_met(d.get('met'))}.", ""]
+        from quality import checkout_line
+
+        L += ["", checkout_line([row for row in d["optimizers"].values() if row.get("available")]), "",
+              f"Target: {d['target']}: {_met(d.get('met'))}.", ""]
     if "end_to_end" in w:
         e = w["end_to_end"]
         L += [f"### (e) end to end: object counting ({e['engine']})", "",
@@ -762,6 +766,9 @@ def main(argv: list[str] | None = None) -> int:
                 earlier = (res["workloads"].get("quality") or {}).get("tasks", {})
 
                 def publish_g(g: dict[str, Any]) -> None:
+                    for t in g["tasks"].values():  # which code each row ran on, once rows of several runs are merged
+                        for row in t.get("runs", []):
+                            row.setdefault("checkout", fw.info["textopt"]["version"])
                     out = g
                     if args.tasks or args.seeds or args.optimizers:
                         # Tasks not (yet) run now are kept too, so an interrupted --seeds run loses nothing.

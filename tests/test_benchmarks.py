@@ -106,6 +106,18 @@ def test_quality_keeps_the_budget_and_scores_the_final_prompt(tiny_run):
     assert tgd["optimizer_usage"]["calls"] > 0  # gradients and updates went to the optimizer route
     assert tgd["final_prompt"].strip() and 0 <= tgd["before"] <= 1 and 0 <= tgd["after"] <= 1
     assert g["tasks"]["sentiment"]["before"]["n"] == g["settings"]["test"]
+    # each row names the code it ran on, so a table merged from several runs can be checked against main
+    version = tiny_run[0]["meta"]["frameworks"]["textopt"]["version"]
+    assert all(r["checkout"] == version for r in runs) and "(git " in version
+    assert all(r["checkout"] == version for r in tiny_run[0]["workloads"]["valid_updates"]["optimizers"].values())
+    assert f"Code the rows ran on: {version}: {len(runs)} rows." in tiny_run[1]
+
+
+def test_checkout_line_counts_rows_per_code():
+    quality = _bench_module("quality")
+    rows = [{"checkout": "0.1 (git b)"}, {"checkout": "0.1 (git a)"}, {"checkout": "0.1 (git b)"}, {}]
+    assert quality.checkout_line(rows) == ("Code the rows ran on: 0.1 (git a): 1 row; 0.1 (git b): 2 rows; "
+                                           "not recorded (run before rows kept it): 1 row.")
 
 
 def test_bad_arguments_are_named():
