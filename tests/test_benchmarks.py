@@ -179,3 +179,26 @@ def test_valid_update_merge_keeps_the_other_optimizers_of_the_same_length():
     assert merged["met"] is False  # textopt TGD's 90% is still judged
     shorter = {**old, "steps": 3}
     assert run.merge_valid(shorter, now, mode) == now  # a run of another length is not mixed in
+
+
+def test_search_selection_keeps_the_candidate_that_works():
+    """benchmarks/search_selection.py: with a scripted proposer offering the hand-written templates, Search
+    keeps the one template the (scripted) task model answers correctly under, within the budget."""
+    import asyncio
+
+    from textopt import datasets
+    from textopt.engines.scripted import ScriptedEngine
+
+    ss = _bench_module("search_selection")
+    task = "categories"
+    truth = {e.question: e.answer for e in datasets.load(task, n=40, seed=100) + datasets.load(task, n=100, seed=1000)}
+
+    def reply(messages):
+        text = messages[-1]["content"]
+        q = next((q for q in truth if q in text), None)
+        return truth[q] if q and "Category (fruit" in text else "I like it"  # only the label-line template works
+
+    row = asyncio.run(ss.one_run(ScriptedEngine(reply), task, 0, datasets.load(task, n=100, seed=1000)))
+    assert row["final_prompt"] == datasets.TEMPLATES[task]["label-line"] and row["after"] == 1.0
+    assert row["metric_calls"] <= ss.BUDGET + ss.VAL  # the budget is checked between iterations
+    assert sorted(row["order"]) == sorted(t for k, t in datasets.TEMPLATES[task].items() if k != "bare")
