@@ -326,14 +326,16 @@ class CountingProxy(_Server):
 
 
 class LlamaServer:
-    """`python -m llama_cpp.server` serving SmolLM2 on 127.0.0.1 (same flags as tests/conftest.py)."""
+    """`python -m llama_cpp.server` serving a GGUF model (SmolLM2 by default) on 127.0.0.1 (same flags as
+    tests/conftest.py); requests name it by `alias`."""
 
-    def __init__(self, model_path: str | Path, log: Path, n_ctx: int = 8192, python: str = sys.executable) -> None:
+    def __init__(self, model_path: str | Path, log: Path, n_ctx: int = 8192, python: str = sys.executable,
+                 alias: str = "smollm2") -> None:
         self.port = free_port()
         self.log = log
         self.cmd = [
             python, "-m", "llama_cpp.server",
-            "--model", str(model_path), "--model_alias", "smollm2",
+            "--model", str(model_path), "--model_alias", alias,
             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx), "--seed", "0",
         ]
         self.proc: subprocess.Popen[bytes] | None = None

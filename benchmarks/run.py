@@ -3,6 +3,7 @@
     python benchmarks/run.py            # full: every workload, peers in their own virtual environments
     python benchmarks/run.py --quick    # the same workloads, smaller (a few minutes plus the model's time)
     python benchmarks/run.py --only textopt --tiny --out DIR   # seconds, no peers, no model (what the test runs)
+    python benchmarks/run.py --workloads g --gguf MODEL.gguf --out DIR   # (g) on another local GGUF model
 
 Peers are pip-installed into virtual environments under benchmarks/.cache/venvs/ (git-ignored), never into
 the project's environment. Every framework reaches the engines through its own OpenAI-compatible path:
@@ -549,6 +550,7 @@ engines, in one command:
 ```bash
 python benchmarks/run.py            # full comparison (the local model makes it long on 2 cores)
 python benchmarks/run.py --quick    # the same workloads, smaller
+python benchmarks/run.py --workloads g --gguf MODEL.gguf --out DIR   # (g) with another local model
 ```
 
 The harness pip-installs each peer into its own virtual environment under `benchmarks/.cache/venvs/`
@@ -652,6 +654,11 @@ def main(argv: list[str] | None = None) -> int:
                          "(d) or 'textopt OptoPrime (Trainer)' (g); the other rows of an earlier run are kept")
     ap.add_argument("--seeds", default=None, help="(g) comma-separated seeds instead of the mode's (e.g. 0 for a first look)")
     ap.add_argument("--out", default=None, help="folder for results.json and BENCHMARKS.md (default: the repo's)")
+    ap.add_argument("--gguf", default=None,
+                    help="(d-g) serve this GGUF model file with llama.cpp instead of the embedded SmolLM2-135M, as task "
+                         "model and every optimizer's model (e.g. a 1B+ instruction model: the 135M one can't write "
+                         "instructions, so (g) can't tell optimizers apart on it); needs --out, so figures of two models "
+                         "never share a table")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder for the peer venvs and scratch files")
     args = ap.parse_args(argv)
 
@@ -684,6 +691,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             ap.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
         mode = {**mode, "quality": {**mode["quality"], "seeds": seeds}}
+    if args.gguf:
+        if not Path(args.gguf).is_file():
+            ap.error(f"--gguf: no file {args.gguf!r}; give the path of a .gguf model file")
+        if not args.out:
+            ap.error("--gguf needs --out DIR: figures of another model must not be merged into the repo's tables")
     out_json = Path(args.out) / "results.json" if args.out else HERE / "results.json"
     out_md = Path(args.out) / "BENCHMARKS.md" if args.out else ROOT / "BENCHMARKS.md"
     cache = Path(args.cache).resolve()
@@ -737,9 +749,11 @@ def main(argv: list[str] | None = None) -> int:
             if mode["real_model"]:
                 from textopt.engines.local import smollm2_path
 
-                llama = stack.enter_context(LlamaServer(smollm2_path(), cache / "llama-server.log"))
+                gguf = Path(args.gguf).resolve() if args.gguf else smollm2_path()
+                model = Path(args.gguf).stem if args.gguf else "smollm2"
+                llama = stack.enter_context(LlamaServer(gguf, cache / "llama-server.log", alias=model))
                 server: Any = stack.enter_context(CountingProxy(llama.base_url))
-                model, desc = "smollm2", "SmolLM2-135M-Instruct Q4_1 via llama.cpp's OpenAI-compatible server"
+                desc = f"{gguf.name if args.gguf else 'SmolLM2-135M-Instruct Q4_1'} via llama.cpp's OpenAI-compatible server"
                 r.commands.append(_show(llama.cmd))
             else:
                 server, model, desc = lat, "latency", "latency engine (tiny mode: exercises the code path, not the model)"

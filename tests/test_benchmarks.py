@@ -130,6 +130,12 @@ def test_bad_arguments_are_named():
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--optimizers", "textopt Nope", "--tiny"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "textopt Nope" in p.stderr and "textopt Search" in p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--gguf", "/nonexistent/model.gguf", "--tiny"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "/nonexistent/model.gguf" in p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--gguf", __file__, "--tiny"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--gguf needs --out" in p.stderr  # another model's figures never merge into the repo's
 
 
 def _bench_module(name: str):
