@@ -27,8 +27,14 @@ MODULES = [
 
 def build(out: Path) -> list[str]:
     """Render MODULES into `out`; return pdoc's warnings (empty when the build is clean)."""
-    import pdoc
-    import pdoc.render
+    try:
+        import pdoc
+        import pdoc.render
+    except ModuleNotFoundError as exc:
+        if exc.name != "pdoc":
+            raise
+        raise SystemExit("docs: pdoc is not installed; it comes with the dev extra: pip install -e '.[dev]' "
+                         "(or pip install 'pdoc>=15')") from None
 
     # Docstrings here are Markdown (`code`, *emphasis*); source links are left out to keep the build fast.
     pdoc.render.configure(docformat="markdown", show_source=False, footer_text="textopt API reference")

@@ -35,6 +35,17 @@ class EngineAuthError(EngineError):
     """The provider refused the credentials (401/403): every further call would fail the same way."""
 
 
+class EngineNotReady(TextoptError):
+    """An engine's readiness check (`Engine.aready`) failed before a run spent anything: no key, nothing
+    listening at the address, a refused key or an unknown model. The message is one line: engine, cause, fix."""
+
+
+class EngineUnavailable(TextoptError):
+    """The provider answered none of an engine's last few calls (connection refused, key refused), so the
+    run stops instead of scoring failures as results. Not an EngineError on purpose: code that records an
+    EngineError as one failed call and goes on (optimizers, evaluation) must let this one through."""
+
+
 class BudgetExceeded(TextoptError):
     """A token or call budget was reached; the run should stop cleanly."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from .errors import BudgetExceeded
+from .errors import BudgetExceeded, EngineUnavailable
 from .variable import Variable
 
 #: Examples in flight when `concurrency` is None.
@@ -242,7 +242,7 @@ async def score_examples(
         async with sem:
             try:
                 out = await call(forward, example)
-            except BudgetExceeded:
+            except (BudgetExceeded, EngineUnavailable):
                 raise  # a stop signal, not a result
             except Exception as exc:
                 node = exc.variable if isinstance(exc, TraceError) else None

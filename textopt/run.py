@@ -370,21 +370,40 @@ class Progress(Callback):
 
 class MLflowCallback(Callback):
     """Track a run in MLflow: spec and budgets as params, every step's numbers as metrics, evaluation reports,
-    candidates and the parameter values as artifacts, the run's status at the end. Needs `pip install mlflow`
-    (or mlflow-skinny). tracking_uri: e.g. "sqlite:///mlflow.db", "file:./mlruns", an MLflow server URL."""
+    candidates and the parameter values as artifacts, the run's status at the end. Needs
+    `pip install 'textopt[mlflow]'`. tracking_uri: a local store MLflow 3 supports, "sqlite:///mlflow.db"
+    (a file), or a tracking server's URL such as "http://127.0.0.1:5000". The store is opened here, so a URI
+    it can't use is one line before the run starts. Only tracking is used, never the model registry: its
+    URI is set to the tracking URI, so MLflow doesn't look for a registry elsewhere."""
 
     def __init__(self, tracking_uri: str | None = None, *, experiment: str = "textopt", run_name: str | None = None) -> None:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            raise ImportError("MLflowCallback needs mlflow: pip install mlflow", name="mlflow") from exc
-        self.client = MlflowClient(tracking_uri)
+            raise ImportError("MLflowCallback needs mlflow: pip install 'textopt[mlflow]'", name="mlflow") from exc
+        uri = tracking_uri
+        if uri and uri.startswith("sqlite:") and not uri.startswith("sqlite:///"):
+            raise ValueError(f"--mlflow {uri}: a sqlite store is written sqlite:///PATH (three slashes, then the path), "
+                             "e.g. sqlite:///mlflow.db")
+        try:
+            self.client = MlflowClient(uri, registry_uri=uri)
+            self.client.search_experiments(max_results=1)  # opens the store now (a sqlite file is created here)
+        except ImportError as exc:
+            raise ImportError(f"--mlflow {uri}: this store needs {getattr(exc, 'name', None) or exc}: "
+                              "pip install 'textopt[mlflow]'", name=getattr(exc, "name", None)) from None
+        except Exception as exc:  # noqa: BLE001 - MlflowException and whatever its stores raise
+            text = " ".join(str(exc).split())[:240]
+            raise ValueError(f"--mlflow {uri}: MLflow can't use this tracking store ({type(exc).__name__}: {text}); "
+                             "use sqlite:///mlflow.db or an MLflow server's URL such as http://127.0.0.1:5000") from None
         self.experiment, self.run_name = experiment, run_name
         self.run_id: str | None = None
+        self._ended: str | None = None  # the run just finished: a job's last evaluations and result land there too
+        self._early: list[tuple[Any, str, Any]] = []  # evaluations before the run started (a search's test_before)
 
     def on_start(self, run: "Run", info: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
+        self._ended = None
         exp = self.client.get_experiment_by_name(self.experiment)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment)
         name = self.run_name or (run.dir.name if run.dir else run.kind)
@@ -395,6 +414,9 @@ class MLflowCallback(Callback):
         params = [Param(k[:250], str(v)[:500]) for k, v in flat.items() if v is not None and not isinstance(v, (dict, list))]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
+        early, self._early = self._early, []
+        for r, name, report in early:
+            self.on_eval(r, name, report)
 
     def on_step(self, run: "Run", row: dict[str, Any]) -> None:
         if self.run_id is None:
@@ -407,22 +429,31 @@ class MLflowCallback(Callback):
             self.client.log_artifact(self.run_id, str(run.dir / "parameters.json"), f"parameters/step_{step}")
 
     def on_eval(self, run: "Run", name: str, report: Any) -> None:
-        if self.run_id is None:
+        run_id = self.run_id or self._ended
+        if run_id is None:
+            self._early.append((run, name, report))
             return
         if getattr(report, "mean", None) is not None:
-            self.client.log_metric(self.run_id, f"eval_{name}_mean", float(report.mean))
+            self.client.log_metric(run_id, f"eval_{name}_mean", float(report.mean))
         path = run.dir / EVALS / f"{name}.jsonl" if run.dir else None
         if path is not None and path.exists():
-            self.client.log_artifact(self.run_id, str(path), "evals")
+            self.client.log_artifact(run_id, str(path), "evals")
 
     def on_candidate(self, run: "Run", candidate: dict[str, Any]) -> None:
         if self.run_id is not None:
             self.client.log_dict(self.run_id, json.loads(scrubbed_json(candidate)), f"candidates/{candidate.get('id', 'x')}.json")
 
     def on_event(self, run: "Run", event: dict[str, Any]) -> None:
-        if self.run_id is not None and event.get("event") in ("error", "interrupted"):
-            self.client.set_terminated(self.run_id, "FAILED" if event["event"] == "error" else "KILLED")
-            self.run_id = None
+        run_id = self.run_id or self._ended
+        if run_id is not None and event.get("event") in ("error", "interrupted"):
+            self.client.set_terminated(run_id, "FAILED" if event["event"] == "error" else "KILLED")
+            self.run_id = self._ended = None
+        elif run_id is not None and event.get("event") == "result":  # a job's held-out scores, after the run ended
+            for key in ("accuracy_before", "accuracy_after", "gain"):
+                if isinstance(event.get(key), (int, float)) and not isinstance(event.get(key), bool):
+                    self.client.log_metric(run_id, key, float(event[key]))
+            if run.dir is not None and (run.dir / "result.json").exists():
+                self.client.log_artifact(run_id, str(run.dir / "result.json"))
 
     def on_end(self, run: "Run", summary: dict[str, Any]) -> None:
         if self.run_id is None:
@@ -432,7 +463,7 @@ class MLflowCallback(Callback):
                 self.client.log_artifact(self.run_id, str(run.dir / name))
         self.client.set_tag(self.run_id, "textopt.stopped", str(summary.get("stopped")))
         self.client.set_terminated(self.run_id, "FINISHED")
-        self.run_id = None
+        self.run_id, self._ended = None, self.run_id
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

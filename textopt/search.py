@@ -178,6 +178,11 @@ class Search:
             self._apply(result.best)
             self._checkpoint()
             run.write_json("parameters.json", {"format": "textopt.parameters", "version": 1, "parameters": result.best})
+            if run.dir is not None:  # best effort: without matplotlib, one line says why there is no curves.png
+                from .search_report import plot_search
+
+                run.plot(lambda path: plot_search({**self.state_dict(), "stopped": self.state.stopped,
+                                                   "metric_calls": run.metric_calls}, path), "curves.png")
             run.end(stopped=self.state.stopped, best_id=result.best_id, best_val=result.best_val, pareto=result.pareto,
                     candidates=len(self.state.pool), metric_calls=run.metric_calls, usage=dict(run.totals))
         self.run = None
@@ -223,6 +228,11 @@ class Search:
     async def _seed(self) -> dict[str, Any]:
         values = {p.name: p.text for p in self.params}
         scored = await self._score(self.val, values)
+        if all(s.row.error for s in scored):
+            from .errors import EngineUnavailable
+
+            raise EngineUnavailable(f"scoring the starting values: none of the {len(scored)} validation examples got an "
+                                    f"answer, so there is nothing to search from; the first error: {scored[0].row.error[:300]}")
         if all(s.row.score is None for s in scored):
             raise ValueError("the metric scored none of the validation examples; pass metric=fn(example, output) -> "
                              "number or to.Score, or give the examples an 'answer'")

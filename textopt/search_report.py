@@ -80,3 +80,52 @@ def _f(v: float | None) -> str:
 
 def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def plot_search(state: Mapping[str, Any], path: Any = None) -> Any:
+    """The pool as a picture: each candidate's mean validation score against the metric calls spent when it
+    joined, lines from parent to child, the Pareto front marked and the best circled, with the best score so
+    far as a step line. With `path`, saved there as PNG. Needs matplotlib (a missing one raises ImportError)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("the search plot needs matplotlib: pip install matplotlib", name="matplotlib") from exc
+    from pathlib import Path
+
+    pool = {c.id: c for c in (Candidate.from_dict(d) for d in state.get("pool", []))}
+    fig = Figure(figsize=(8, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if pool:
+        front, best = pareto_front({cid: c.val_scores for cid, c in pool.items()}), best_id(pool)
+        xy = {cid: (c.metric_calls, c.val if c.val is not None else 0.0) for cid, c in pool.items()}
+        for cid, c in pool.items():
+            for parent in c.parents:
+                if parent in xy:
+                    ax.plot(*zip(xy[parent], xy[cid]), "-", color="lightgray", zorder=1)
+        others = [xy[c] for c in pool if c not in front]
+        if others:
+            ax.scatter(*zip(*others), color="tab:gray", label="candidate", zorder=2)
+        ax.scatter(*zip(*(xy[c] for c in front)), marker="*", s=160, color="tab:orange", label="Pareto front", zorder=3)
+        ax.scatter(*xy[best], s=320, facecolors="none", edgecolors="tab:red", linewidths=2, label=f"best #{best}", zorder=4)
+        for cid, (x, y) in xy.items():
+            ax.annotate(f"#{cid}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        order = sorted(pool.values(), key=lambda c: (c.metric_calls, c.id))
+        steps, top = [], None
+        for c in order:
+            top = c.val if top is None or (c.val is not None and c.val > top) else top
+            steps.append((c.metric_calls, top if top is not None else 0.0))
+        end = max(int(state.get("metric_calls") or 0), steps[-1][0])
+        steps.append((end, steps[-1][1]))
+        ax.step(*zip(*steps), where="post", color="tab:blue", alpha=0.6, label="best so far")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("metric calls spent when the candidate joined the pool")
+    ax.set_ylabel("mean validation score")
+    ax.set_title(f"search: {len(pool)} candidate(s), stopped: {state.get('stopped') or 'not finished'}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig

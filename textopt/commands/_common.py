@@ -14,7 +14,7 @@ INSTALL_HINTS = {
     "matplotlib": "pip install matplotlib (or pass --no-plot)",
     "bastioncorpus": "pip install 'textopt[aegis]' (or leave out --corpus-examples)",
     "tqdm": "pip install tqdm (or pass --no-progress)",
-    "mlflow": "pip install mlflow",
+    "mlflow": "pip install 'textopt[mlflow]'",
     "filelock": "pip install filelock",
     "litellm": "pip install litellm",
     "openai": "pip install openai",
@@ -26,7 +26,8 @@ def add_common(p: argparse.ArgumentParser, *, json_help: str = "machine mode: on
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: a bar on a terminal, else a line per step)")
     p.add_argument("--mlflow", default=None, metavar="URI", help="also track the run in MLflow at this tracking URI "
-                   "(e.g. sqlite:///mlflow.db; needs pip install mlflow)")
+                   "(e.g. sqlite:///mlflow.db, or http://127.0.0.1:5000 for an MLflow server; needs "
+                   "pip install 'textopt[mlflow]')")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
 
 
@@ -51,8 +52,21 @@ def default_out(command: str) -> str:
     return str(path)
 
 
+def interrupted_line(run_dir: str | None) -> str:
+    """What Ctrl-C leaves behind, said only as far as it is true (a checkpoint, a run not yet started, nothing)."""
+    from ..run import SPEC, has_run
+
+    if run_dir and has_run(run_dir):
+        return f"interrupted; the last completed step is saved: continue with `textopt resume {run_dir}`"
+    if run_dir and (Path(run_dir) / SPEC).is_file():
+        return f"interrupted before the first step completed; `textopt resume {run_dir}` starts the run"
+    return "interrupted before the run started; nothing was saved"
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line that says what to do."""
+    from ..errors import EngineNotReady, EngineUnavailable
+
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         root = exc.name.split(".")[0]
         hint = INSTALL_HINTS.get(root, f"pip install {root}")
@@ -60,16 +74,18 @@ def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if not text:
         text = type(exc).__name__
-    elif not isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError)) and type(exc).__module__ != "textopt.run":
+    elif (not isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError, EngineNotReady, EngineUnavailable))
+          and type(exc).__module__ != "textopt.run"):
         text = f"{type(exc).__name__}: {text}"
     return text
 
 
 def user_error(exc: BaseException) -> bool:
     """Mistakes in arguments, files or setup (exit 2) rather than failures while running (exit 1)."""
+    from ..errors import EngineNotReady
     from ..run import RunError
 
-    return isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError, RunError))
+    return isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError, RunError, EngineNotReady))
 
 
 def fail(command: str, message: str) -> int:

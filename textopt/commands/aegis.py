@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out("aegis")
     spec = RunSpec("aegis", {k: getattr(args, k) for k in AEGIS_DEFAULTS}, kind="aegis")
     job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)
-    args.resume_hint = f"textopt resume {out}"
+    job.ready()  # one line now for a missing key or a dead server
+    job.prepare()  # run directory and spec.json from the first second
+    args.run_out = out
     result = job.run()
     print_result(result, args.json)
     if not args.json:

@@ -125,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     spec = RunSpec("optimize", {k: getattr(args, k) for k in OPTIMIZE_DEFAULTS},
                    kind="search" if args.optimizer == "search" else "trainer")
     job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)  # every argument checked here
+    job.ready()  # a missing key, a dead server, an unknown model: one line now, nothing written or spent
+    job.prepare()  # the run directory and spec.json exist from here on: `textopt resume` works whenever it stops
+    args.run_out = out
     if not args.json:
         print(f"textopt optimize: run directory {out} (later: textopt report {out})", file=sys.stderr, flush=True)
-    args.resume_hint = f"textopt resume {out}"
     print_result(job.run(), args.json)
     return 0

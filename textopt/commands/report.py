@@ -72,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if kind == "search":
         from ..search import search_report
 
-        text, draw = search_report(run_dir), None
+        from ..search_report import plot_search
+
+        text = search_report(run_dir)
+        draw = lambda path: plot_search(state, path)  # noqa: E731
     elif kind == "aegis":
         text = aegis_text(run_dir, state)
         draw = None

@@ -26,15 +26,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..recipes import RunSpec, resume
-    from ..run import read_spec
+    from ..run import has_run, read_spec
 
     spec = RunSpec.from_dict(read_spec(args.run_dir))  # one-line errors: not a run dir / made from Python
     overrides = {k: getattr(args, k) for k in ("steps", "rounds", "budget_tokens", "budget_calls", "budget_usd", "base_url")
                  if getattr(args, k) is not None}
     job = resume(args.run_dir, callbacks=callbacks(args), progress=False, **overrides)
-    args.resume_hint = f"textopt resume {args.run_dir}"
-    if not args.json and job.progress_note:
-        print(job.progress_note, file=sys.stderr, flush=True)
+    job.ready()
+    job.prepare()
+    args.run_out = args.run_dir
+    note = job.progress_note if has_run(args.run_dir) else f"{args.run_dir} stopped before its first step: starting it"
+    if not args.json and note:
+        print(note, file=sys.stderr, flush=True)
     result = job.run()
     importlib.import_module(f"textopt.commands.{spec.recipe}").print_result(result, args.json)
     return 0

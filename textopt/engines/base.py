@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 from .. import image
 from .._sync import run_on_textopt_loop, run_sync
-from ..errors import BudgetExceeded
+from ..errors import BudgetExceeded, EngineError, EngineUnavailable
 from . import pricing
 from .cache import DiskCache, cache_key
 from .inflight import InFlight
@@ -78,6 +78,9 @@ class Engine:
     free: ClassVar[bool] = False
     #: Exceptions worth retrying are decided by `is_transient`; everything else fails at once.
     retries: int = 4
+    #: After this many provider calls in a row fail for good with the server unreachable or the key refused,
+    #: every further call raises EngineUnavailable at once (a run stops instead of scoring failures).
+    unreachable_after: int = 3
 
     def __init__(
         self,
@@ -127,6 +130,8 @@ class Engine:
         self._inflight: InFlight[Completion] = InFlight()
         self._semaphore: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._dead_calls = 0  # provider calls in a row that failed unreachable / key refused
+        self._dead_reason = ""
 
     # -- what subclasses implement ------------------------------------------------------------
     async def _acomplete(self, request: Request) -> Completion:
@@ -135,6 +140,16 @@ class Engine:
     def is_transient(self, exc: BaseException) -> bool:
         """True for errors a retry can fix: rate limits, timeouts, connection errors, 5xx."""
         return isinstance(exc, (TimeoutError, ConnectionError, asyncio.TimeoutError))
+
+    async def aready(self) -> None:
+        """One cheap check that this engine can answer (key, reachability, model name), made before a run
+        spends anything, so a missing key or a dead server is one line instead of a run of failed calls.
+        Raises textopt.errors.EngineNotReady naming the engine, the cause and the fix. The default checks
+        nothing (engines with nothing to check: fake, scripted); providers override it."""
+
+    def ready(self) -> None:
+        """Sync wrapper of `aready`."""
+        run_sync(self.aready())
 
     def cache_identity(self) -> dict[str, Any]:
         """What, besides the request, decides the answer (never a secret)."""
@@ -198,6 +213,7 @@ class Engine:
                 return hit
 
         await self._check_budget()
+        self._check_reachable()
         completion = await run_on_textopt_loop(self._provider_call(request, key))
         self._account(request, completion)
         return completion
@@ -231,7 +247,17 @@ class Engine:
 
     async def _fresh(self, request: Request, key: str | None) -> Completion:
         async with self._loop_semaphore():
-            completion = await call_with_retries(self, request)
+            self._check_reachable()  # calls queued behind the ones that found the server gone don't try again
+            try:
+                completion = await call_with_retries(self, request)
+            except EngineError as exc:
+                if is_unreachable(exc):
+                    self._dead_calls += 1
+                    self._dead_reason = str(exc)
+                else:
+                    self._dead_calls = 0  # the server answered, if with an error
+                raise
+            self._dead_calls = 0
         completion.cost_usd = await self._cost(completion)
         if key is not None and self.cache is not None:
             self.cache.set(
@@ -244,6 +270,12 @@ class Engine:
                 },
             )
         return completion
+
+    def _check_reachable(self) -> None:
+        if self._dead_calls >= self.unreachable_after:
+            raise EngineUnavailable(
+                f"{self.kind} engine {self.model!r} answered none of its last {self._dead_calls} calls, so the run "
+                f"stops here (resume it once the cause is fixed); the last error: {self._dead_reason[:400]}")
 
     def _loop_semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -287,3 +319,18 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+#: Exception types (by name: provider SDKs are optional) meaning no server answered the call.
+UNREACHABLE_TYPES = frozenset({"APIConnectionError", "ConnectionRefusedError", "ClientConnectorError", "ConnectError",
+                               "ConnectionError", "ConnectionResetError", "ServerDisconnectedError"})
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for a failed call that says nothing answers (connection refused / reset) or the key is refused
+    (401/403): a run that goes on would only record the same failure for every call."""
+    from ..errors import EngineAuthError
+
+    if isinstance(exc, EngineAuthError) or getattr(exc, "status_code", None) in (401, 403):
+        return True
+    return getattr(exc, "cause_type", None) in UNREACHABLE_TYPES

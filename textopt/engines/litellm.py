@@ -34,6 +34,28 @@ class LiteLLMEngine(Engine):
         self.api_base = api_base
         self._api_key = api_key
 
+    async def aready(self) -> None:
+        """No call: litellm knows the model's provider, and the key that provider needs is set (or passed).
+        A key that is set but wrong shows on the first calls (the run stops after a few refused ones)."""
+        from ..errors import EngineNotReady
+
+        head = f"litellm engine {self.model!r}"
+        try:
+            self._litellm.get_llm_provider(self.model, api_base=self.api_base)
+        except Exception as exc:  # noqa: BLE001 - litellm raises its own BadRequestError here
+            raise EngineNotReady(f"{head}: litellm can't tell the provider of this model ({' '.join(str(exc).split())[:160]}); "
+                                 "name it as --engine litellm:<provider>/<model>, e.g. "
+                                 "litellm:anthropic/claude-3-5-haiku-latest") from None
+        if self._api_key or self.api_base:
+            return
+        try:
+            env = self._litellm.validate_environment(model=self.model)
+        except Exception:  # noqa: BLE001 - an older litellm or an unusual provider: the first call will tell
+            return
+        missing = [k for k in (env or {}).get("missing_keys") or [] if isinstance(k, str)]
+        if missing and not (env or {}).get("keys_in_environment"):
+            raise EngineNotReady(f"{head}: no API key for this provider: set {' and '.join(missing)} in the environment")
+
     def cache_identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": scrub_url(self.api_base)}
 

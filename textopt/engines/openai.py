@@ -11,12 +11,15 @@ from typing import Any
 
 from ..secrets import scrub_url
 from ..image import openai_messages
+from .._sync import run_on_textopt_loop
 from .base import Completion, Engine, Request
 
 #: Defaults for remote engines: one attempt may take DEFAULT_TIMEOUT s, and all attempts with their
 #: backoff waits DEFAULT_MAX_TIME s, so a dead or hanging provider fails in under 2 minutes.
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_TIME = 110.0
+#: Seconds the readiness check (`aready`) waits for the server.
+READY_TIMEOUT = 15.0
 
 
 class OpenAIEngine(Engine):
@@ -121,6 +124,55 @@ class OpenAIEngine(Engine):
         if isinstance(exc, o.APIStatusError):
             return exc.status_code >= 500 or exc.status_code == 429
         return super().is_transient(exc)
+
+    async def aready(self) -> None:
+        """GET /models (no tokens spent): the key is accepted, the server answers, and it serves the model.
+        A server without /models, or one whose list lacks the model, gets a 1-token completion instead."""
+        await run_on_textopt_loop(self._ready())
+
+    async def _ready(self) -> None:
+        from ..errors import EngineNotReady
+
+        o = self._openai
+        where = f"at {scrub_url(self.base_url)}" if self.base_url else "(api.openai.com)"
+        head = f"openai engine {self.model!r} {where}"
+        limit = min(self.timeout or READY_TIMEOUT, READY_TIMEOUT)
+        probe = "GET /models"
+        try:
+            try:
+                resp = await self._client.get("/models", cast_to=self._httpx.Response, options={"timeout": limit})
+                ids = [m.get("id") for m in (resp.json().get("data") or []) if isinstance(m, dict)]
+            except o.APIStatusError as exc:
+                if exc.status_code in (401, 403):
+                    raise
+                ids = []  # no /models here: ask the model itself
+            except ValueError:
+                ids = []
+            if self.model in ids:
+                return
+            if ids and self.base_url is None:
+                raise EngineNotReady(f"{head}: OpenAI does not serve a model {self.model!r}; pick one it lists, "
+                                     f"e.g. --engine openai:{sorted(i for i in ids if i)[0]}")
+            probe = "a 1-token completion"
+            body = {"model": self.model, "messages": [{"role": "user", "content": "ok"}], "max_tokens": 1}
+            await self._post(body, limit)
+        except EngineNotReady:
+            raise
+        except (o.AuthenticationError, o.PermissionDeniedError):
+            fix = ("set OPENAI_API_KEY to a key this server accepts" if self.base_url else "set OPENAI_API_KEY to a valid key")
+            raise EngineNotReady(f"{head}: the server refused the API key ({probe} answered 401/403); {fix}") from None
+        except (o.APIConnectionError, ConnectionError, TimeoutError) as exc:
+            cause = "no reply in time" if isinstance(exc, (o.APITimeoutError, TimeoutError)) else "connection failed"
+            raise EngineNotReady(f"{head}: nothing answers ({cause}: {' '.join(str(exc).split())[:160]}); start the server, "
+                                 "or fix the address with --base-url") from None
+        except o.APIStatusError as exc:
+            text = " ".join(str(exc).split())[:200]
+            if exc.status_code == 404 or "model" in text.lower():
+                listed = f"; it lists: {', '.join(str(i) for i in ids[:8])}" if ids else ""
+                raise EngineNotReady(f"{head}: the server does not serve the model {self.model!r} ({exc.status_code}: "
+                                     f"{text}){listed}; pick the model name with --engine openai:<model>") from None
+            raise EngineNotReady(f"{head}: {probe} failed ({exc.status_code}: {text}); check the server and the "
+                                 "model name") from None
 
     def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self.json_mode == "json_object":
