@@ -286,6 +286,48 @@ def test_ctrl_c_with_a_call_stuck_in_a_thread_still_exits_in_5_s(tmp_path):
     time.sleep(3.0)
     _, err, _ = interrupt(proc, "a call stuck in a thread")
     assert check_line_is_true(err, run) == "spec"
+    res, _ = textopt(tmp_path, "resume", str(run))  # the real fake engine now: the run starts and completes
+    assert res.returncode == 0 and "stopped before its first step: starting it" in res.stderr, res.stderr[-2000:]
+    assert json.loads((run / "result.json").read_text())["steps"] == 2
+
+
+def test_an_engine_that_answers_nothing_stops_after_a_few_calls():
+    import asyncio
+
+    from textopt.engines.base import Completion, Engine
+    from textopt.errors import EngineError, EngineUnavailable
+
+    class Flaky(Engine):
+        kind = "flaky"
+
+        def __init__(self) -> None:
+            super().__init__("m", cache=False, retries=0)
+            self.calls, self.up = 0, False
+
+        async def _acomplete(self, request):
+            self.calls += 1
+            if not self.up:
+                raise ConnectionRefusedError(111, "Connection refused")
+            return Completion("ok", 1, 1)
+
+    async def go(engine: Flaky) -> list[str]:
+        seen = []
+        for _ in range(5):
+            try:
+                await engine.acomplete([{"role": "user", "content": "hi"}])
+                seen.append("ok")
+            except EngineUnavailable:
+                seen.append("stop")
+            except EngineError:
+                seen.append("error")
+        return seen
+
+    engine = Flaky()
+    assert asyncio.run(go(engine)) == ["error", "error", "error", "stop", "stop"]
+    assert engine.calls == 3  # nothing more was sent once the run was told to stop
+    engine._dead_calls = 2  # a server that answers again resets the count
+    engine.up = True
+    assert asyncio.run(go(engine)) == ["ok"] * 5 and engine._dead_calls == 0
 
 
 # -- the rest of first contact -------------------------------------------------------------------------

@@ -74,8 +74,9 @@ def engine_error(engine: "Engine", exc: BaseException, attempts: int, seconds: f
     auth = status in (401, 403)
     if transient:
         what = f"after {attempts} attempt{'s' * (attempts != 1)} in {seconds:.1f} s"
-        advice = ("The provider looks unavailable or slow; check the server, raise timeout=/max_time=, or try "
-                  "again later. Nothing was lost: variables keep their last good values.")
+        advice = ("The provider looks unavailable or slow; check the server and its address (--base-url on the "
+                  "command line), give it longer (timeout=/max_time= of the engine in Python), or try again later. "
+                  "Nothing was lost: variables keep their last good values.")
     else:
         what = "(not retried: the same request would fail again)"
         advice = ("The provider refused the credentials: check the API key." if auth
