@@ -137,10 +137,13 @@ class OpenAIEngine(Engine):
         where = f"at {scrub_url(self.base_url)}" if self.base_url else "(api.openai.com)"
         head = f"openai engine {self.model!r} {where}"
         limit = min(self.timeout or READY_TIMEOUT, READY_TIMEOUT)
-        probe = "GET /models"
+        probe, ids = "GET /models", []
         try:
             try:
-                resp = await self._client.get("/models", cast_to=self._httpx.Response, options={"timeout": limit})
+                try:
+                    resp = await self._client.get("/models", cast_to=self._httpx.Response, options={"timeout": limit})
+                except o.APITimeoutError as exc:
+                    raise self._connection_error(exc) from None
                 ids = [m.get("id") for m in (resp.json().get("data") or []) if isinstance(m, dict)]
             except o.APIStatusError as exc:
                 if exc.status_code in (401, 403):
@@ -185,12 +188,7 @@ class OpenAIEngine(Engine):
         try:
             resp = await self._client.post("/chat/completions", body=body, cast_to=self._httpx.Response, options=options)
         except self._openai.APITimeoutError as exc:
-            # httpx-aiohttp maps every aiohttp connection error (refused, reset, server gone) to ConnectTimeout:
-            # say what it was. Both are transient; only the message changes.
-            root = exc.__cause__.__cause__ if exc.__cause__ is not None else None
-            if root is None or isinstance(root, TimeoutError) or type(root).__module__.split(".")[0] != "aiohttp":
-                raise
-            raise self._openai.APIConnectionError(message=f"Connection error: {root}", request=exc.request) from root
+            raise self._connection_error(exc) from exc.__cause__
         try:
             data = resp.json()
         except ValueError:
@@ -198,6 +196,14 @@ class OpenAIEngine(Engine):
         if not isinstance(data, dict):
             raise ValueError(f"the server sent a reply that is not a JSON object: {str(data)[:200]}")
         return data
+
+    def _connection_error(self, exc: Any) -> Any:
+        """httpx-aiohttp maps every aiohttp connection error (refused, reset, server gone) to ConnectTimeout:
+        say what it was (an APIConnectionError). Both are transient; only the message changes."""
+        root = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+        if root is None or isinstance(root, TimeoutError) or type(root).__module__.split(".")[0] != "aiohttp":
+            return exc
+        return self._openai.APIConnectionError(message=f"Connection error: {root}", request=exc.request)
 
     async def _acomplete(self, request: Request) -> Completion:
         body: dict[str, Any] = {"model": self.model, "messages": openai_messages(request.messages)}
