@@ -7,7 +7,7 @@ import json
 import pytest
 
 import textopt as to
-from textopt.ops.formatted import FieldTemplateError
+from textopt.ops.formatted import FieldTemplateError, render_fields
 
 QA = {"question": "question to answer", "context": "retrieved passage"}
 TEMPLATE = "Context:\n{{ context }}\nQuestion:\n{{ question }}\nAnswer in one word."
@@ -39,9 +39,10 @@ def test_data_filter_picks_tag_and_limit_and_role_is_readable():
 
 
 def test_template_runs_in_the_sandbox():
-    call = to.FormattedLLMCall("{{ question.__class__.__mro__ }}{{ question }}", fields={"question": "q"})
+    with pytest.raises(FieldTemplateError, match="could not be rendered"):  # issue 24: test-rendered when built
+        to.FormattedLLMCall("{{ question.__class__.__mro__ }}{{ question }}", fields={"question": "q"})
     with pytest.raises(FieldTemplateError, match="could not be rendered"):
-        call.render(question="hi")
+        render_fields("{{ question.__class__.__mro__ }}{{ question }}", {"question": ("q", "hi")})
 
 
 @pytest.mark.parametrize("template, match", [

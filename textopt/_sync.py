@@ -41,7 +41,16 @@ def textopt_loop() -> asyncio.AbstractEventLoop:
             def serve() -> None:
                 asyncio.set_event_loop(new)
                 new.call_soon(started.set)
-                new.run_forever()
+                while True:
+                    try:
+                        new.run_forever()
+                        return
+                    except (KeyboardInterrupt, SystemExit):
+                        # A task raised it (a sync metric interrupted in its thread, say): asyncio re-raises it
+                        # out of the loop, which would leave every waiting caller hanging. The task holds it
+                        # as its result, so it still reaches whoever awaits it (and run_sync's caller):
+                        # keep serving.
+                        continue
 
             thread = threading.Thread(target=serve, name="textopt-loop", daemon=True)
             thread.start()

@@ -43,11 +43,10 @@ class Score:
     feedback: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.value, bool):
-            self.value = float(self.value)
-        if not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+        number = as_number(self.value)
+        if number is None or not math.isfinite(number):
             raise ValueError(f"Score.value must be a finite number, got {self.value!r}")
-        self.value = float(self.value)
+        self.value = number
         self.feedback = "" if self.feedback is None else str(self.feedback)
 
 
@@ -170,16 +169,36 @@ def default_metric(example: Any, output: Variable) -> float | None:
     return float(exact_match(output.text, str(answer)))
 
 
+def as_number(value: Any) -> float | None:
+    """`value` as a float when it is a number: bool, int, float, or a numpy/pandas/torch scalar (np.int64(1),
+    np.bool_(True), a one-element array: anything with .item() giving one of these); else None."""
+    import numbers
+
+    if isinstance(value, (bool, int, float)) or isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, (str, bytes, dict, list, tuple)):
+        try:
+            inner = item()
+        except Exception:  # noqa: BLE001 - not a scalar (an array of many values)
+            return None
+        if isinstance(inner, (bool, int, float)):
+            return float(inner)
+    return None
+
+
 def as_score(value: Any) -> tuple[float | None, str]:
-    """A metric's return value as (score, feedback)."""
+    """A metric's return value as (score, feedback). Numpy and pandas scalars count as numbers."""
     if isinstance(value, Score):
         return value.value, value.feedback
     if value is None:
         return None, ""
-    if isinstance(value, bool):
-        return float(value), ""
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value), ""
+    number = as_number(value)
+    if number is not None and math.isfinite(number):
+        return number, ""
     raise TypeError(f"a metric must return a number, a bool, None or to.Score(value, feedback=...), got {value!r}")
 
 

@@ -67,10 +67,11 @@ class AuthenticationFailed(EngineError):
 
 # -- secrets --------------------------------------------------------------------------------------
 def scrub_text(text: str) -> str:
-    """Remove keys and URL credentials from one string (one scrubber for the whole package: textopt.secrets)."""
-    from .secrets import scrub as _scrub
+    """Mask known secret values in one string: environment keys, configured keys, URL passwords
+    (textopt.secrets.mask). By value only: a prompt that merely looks like a key is written unchanged."""
+    from .secrets import mask
 
-    return _scrub(text)
+    return mask(text)
 
 
 def scrub(obj: Any) -> Any:
@@ -94,14 +95,19 @@ def _dumps(obj: Any, indent: int | None = 2) -> str:
     return text
 
 
-def scrubbed_json(obj: Any, indent: int | None = 2) -> str:
+def scrubbed_json(obj: Any, indent: int | None = 2, *, urls: bool = False) -> str:
     """`obj` as JSON text with secrets masked: the text is scrubbed in one pass (a masked value never
-    contains a quote, so the JSON stays valid; if it ever didn't, every string is scrubbed one by one)."""
+    contains a quote, so the JSON stays valid; if it ever didn't, every string is scrubbed one by one).
+    urls=True (a spec: configuration, not parameter values) also masks any user:password@ of a URL."""
+    from .secrets import scrub_url
+
     text = scrub_text(_dumps(obj, indent))
     try:
         json.loads(text)
     except ValueError:
         text = _dumps(scrub(obj), indent)
+    if urls:
+        text = scrub_url(text) or text
     return text
 
 
@@ -620,7 +626,7 @@ class Run:
                                    "pick the matching command")
                 if not self.spec:
                     return
-            atomic_write_text(self.dir / SPEC, scrubbed_json({"kind": self.kind, **self.spec}) + "\n")
+            atomic_write_text(self.dir / SPEC, scrubbed_json({"kind": self.kind, **self.spec}, urls=True) + "\n")
         except BaseException:
             self._depth = 0
             self._release()
@@ -677,7 +683,9 @@ class Run:
         """Raise AuthenticationFailed when a recorded failure is a 401/403: stop instead of spending on."""
         for f in failures:
             if is_auth_error(f):
-                text = scrub_text(str(getattr(f, "error", f)))
+                from .secrets import scrub as scrub_error
+
+                text = scrub_error(str(getattr(f, "error", f)))
                 raise AuthenticationFailed(f"the provider refused the credentials, so the run stops here: {text[:300]}. "
                                            "Check the API key (and --base-url), then resume")
 
@@ -709,18 +717,32 @@ class Run:
             self.metric_calls = int(state.get("metric_calls", 0))
         return state
 
+    def _inside(self, name: str) -> Path:
+        """run_dir/name, refused (ValueError) unless it stays inside the run directory."""
+        assert self.dir is not None
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts:
+            raise ValueError(f"{name!r} is not a file name inside the run directory; use a relative name such as "
+                             "'result.json' (no '..', no absolute path)")
+        path = self.dir / name
+        root = self.dir.resolve()
+        if root not in path.resolve().parents:
+            raise ValueError(f"{name!r} leads outside the run directory {self.dir} (a symlink?); use a plain file name")
+        return path
+
     def write_json(self, name: str, obj: Any) -> Path | None:
-        """A side file of the run directory (result.json, history.json, ...), scrubbed, atomic."""
+        """A side file of the run directory (result.json, history.json, ...), scrubbed, atomic. `name` must stay
+        inside the run directory (ValueError otherwise)."""
         if self.dir is None:
             return None
-        path = self.dir / name
+        path = self._inside(name)
         atomic_write_text(path, scrubbed_json(obj) + "\n")
         return path
 
     def write_text(self, name: str, text: str) -> Path | None:
         if self.dir is None:
             return None
-        path = self.dir / name
+        path = self._inside(name)
         atomic_write_text(path, scrub_text(text))
         return path
 
@@ -767,7 +789,7 @@ class Run:
         """Keep an evaluation report as run_dir/evals/<name>.jsonl (scrubbed) and tell the callbacks."""
         path = None
         if self.dir is not None:
-            path = self.dir / EVALS / f"{name}.jsonl"
+            path = self._inside(f"{EVALS}/{name}.jsonl")
             path.parent.mkdir(parents=True, exist_ok=True)
             if hasattr(report, "save"):
                 report.save(path)

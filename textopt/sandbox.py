@@ -7,24 +7,37 @@ the caller can record: the worker is killed (SIGKILL to its process group) and a
 the next call.
 
 What the worker is:
-- a new interpreter started with exec (subprocess, never a fork of a process that has threads), in its
-  own session (Ctrl-C in the terminal reaches only the parent), with stdin closed and only the two
-  pipe ends it talks over (every other file descriptor of the parent stays closed to it);
-- started with an environment that has no secrets: every variable whose name contains KEY, TOKEN,
-  SECRET, PASSWORD or CREDENTIAL, or whose value holds credentials in a URL, is left out. The worker
-  is *started* with this environment (not cleaned afterwards), so /proc/self/environ has no key either;
-  this is why we use subprocess rather than multiprocessing, whose spawn passes the parent's environment;
+- a new interpreter started with exec (subprocess, never a fork of a process that has threads) by a small
+  launcher in its own session (Ctrl-C in the terminal reaches only the parent), so the parent is never
+  the worker's parent; stdin closed; only the two pipe ends it talks over (every other file descriptor
+  of the parent stays closed to it);
+- on Linux, where unprivileged user namespaces work, in its own user, pid and mount namespaces with its own
+  /proc (nested once more, so that /proc can't be unmounted): the parent has no pid there, so the worker
+  can't read the parent's /proc/<pid>/environ or signal it, and whatever it starts dies with it. Elsewhere
+  (no user namespaces, a locked-down /proc) it falls back silently to the launcher and session only, where a
+  worker that looks for the parent in /proc can still find it; `Sandbox.mode` says which one holds;
+- started with a minimal environment (PATH, HOME, locale, TMPDIR... see MINIMAL_ENVIRON), less anything
+  whose name contains KEY, TOKEN, SECRET, PASSWORD or CREDENTIAL or whose value holds credentials in a URL.
+  The worker is *started* with it (not cleaned afterwards), so /proc/self/environ has no key either;
 - limited to `memory_limit` bytes of address space (RLIMIT_AS), no core dumps;
 - warm: it is reused between calls (its start-up, ~0.3 s, is paid once) and keeps what it imported.
 
+The parent reads every reply whole under the call's time limit, with a cap on the length a reply declares
+(MAX_REPLY_BYTES), so a worker that writes a fake length, stalls mid-reply or floods the pipe is killed
+and reported, never waited on. The worker's reply path is bound before user code runs, and builtins the
+code replaced are put back before the reply is made.
+
 What the isolated code sees: builtins; the function's module, imported by name in the worker when it
 is an importable module (so module globals are the worker's own import, not the parent's current
-values); for a function of `__main__` (a script or notebook) instead the globals its code names, sent
-as pickled copies (modules by name); closure values it names, as pickled copies. Arguments are pickled
-in; the result is pickled out and read back with a restricted unpickler that only builds plain values
-(str, numbers, containers, bytes, datetime, Decimal...) and classes of the function's own module, so a
-result can't run code in the parent when it is unpickled. Whatever can't cross the boundary is a clear
-IsolationError that says how to opt out (`isolation="thread"` or `"none"`).
+values); for a function of `__main__` (a script or notebook) instead the globals its code names (names,
+not attributes: `subprocess.run` names `subprocess`), sent as pickled copies (modules by name); closure
+values it names, as pickled copies. Arguments are pickled in; the result is pickled out and read back
+with a restricted unpickler that only builds plain values (str, numbers, containers, bytes, datetime,
+Decimal...) and classes of the function's own module, so a result can't run code in the parent when it is
+unpickled; constructors may only copy values already built (no `bytearray(600 MiB)`, no
+`list(range(10**9))`), and a result over MAX_RESULT_ITEMS elements (a shared part counted as often as it is
+reached) or MAX_RESULT_DEPTH levels is refused, naming the cap. Whatever can't cross the boundary is a
+clear IsolationError that says how to opt out (`isolation="thread"` or `"none"`).
 
 It is not a security sandbox: the code still runs as the user, with the user's file system and network.
 """
@@ -34,12 +47,15 @@ import asyncio
 import ast
 import atexit
 import builtins
+import collections
 import functools
 import io
 import os
 import pickle
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -73,6 +89,18 @@ class IsolatedCodeError(Exception):
     """Stands in for an exception class of the isolated code that the parent doesn't rebuild (named like the original)."""
 
 
+#: The variables a worker gets from os.environ by default (Sandbox(env=...) gives it others, less secrets).
+MINIMAL_ENVIRON = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM",
+                   "PYTHONHOME", "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
+
+
+def minimal_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's default environment: only MINIMAL_ENVIRON and LC_* from `environ` (default os.environ),
+    less anything that looks like a secret. Code gets nothing it wasn't meant to have, whatever its name."""
+    env = os.environ if environ is None else environ
+    return clean_environ({k: v for k, v in env.items() if k in MINIMAL_ENVIRON or k.startswith("LC_")})
+
+
 def clean_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
     """`environ` (default os.environ) without variables that look like secrets, by name or by a URL with credentials."""
     env = dict(os.environ if environ is None else environ)
@@ -81,23 +109,106 @@ def clean_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # -- what crosses the boundary -------------------------------------------------------------------
-_SAFE_BUILTINS = {"str", "bytes", "bytearray", "int", "float", "complex", "bool", "list", "tuple", "dict", "set",
-                  "frozenset", "slice", "range"}
+#: Most elements a result may hold, counting a shared part as often as it is reached (what printing it costs),
+#: and elements copied by constructors while it is unpickled.
+MAX_RESULT_ITEMS = 10_000_000
+#: Deepest nesting of containers in a result (printing a deeper one would overflow the stack).
+MAX_RESULT_DEPTH = 200
+
+
+_budget = threading.local()  # elements copied by the guarded constructors during the current unpickling
+
+
+def _charge(n: int) -> None:
+    _budget.used = getattr(_budget, "used", 0) + n
+    if _budget.used > MAX_RESULT_ITEMS:
+        raise pickle.UnpicklingError(f"the result builds over {MAX_RESULT_ITEMS:,} elements, the cap of a result "
+                                     "of isolated code (textopt.sandbox.MAX_RESULT_ITEMS)")
+
+
+_CONCRETE = (str, bytes, bytearray, list, tuple, dict, set, frozenset, collections.deque)
+
+
+def _size_refused(what: str, args: tuple) -> pickle.UnpicklingError:
+    kinds = ", ".join(type(a).__name__ for a in args)
+    return pickle.UnpicklingError(f"{what}({kinds}) is refused in a result: a constructor may only copy values that "
+                                  "are already built (no size argument, no lazy iterable)")
+
+
+def _copying(base: type, name: str, extra: int = 0) -> type:
+    """`base` for the unpickler: built from a container already there (its length is charged), never from a
+    size or a lazy iterable. Instances are plain `base` objects (__new__ returns one)."""
+    def __new__(cls: type, *args: Any) -> Any:
+        if len(args) > 1 + extra or (args and not isinstance(args[0], _CONCRETE)):
+            raise _size_refused(name, args)
+        if args:
+            _charge(len(args[0]))
+        return base(*args)
+    return type(f"_{name}", (base,), {"__new__": __new__, "__module__": __name__, "_real": base})
+
+
+def _scalar(base: type, name: str, allowed: tuple) -> type:
+    """`base` for the unpickler, from text or numbers only (bytes(600 * 2**20) and str(container) are refused)."""
+    def __new__(cls: type, *args: Any) -> Any:
+        if len(args) > 3 or not all(isinstance(a, allowed) for a in args) or (
+                base in (bytes, bytearray) and args and isinstance(args[0], int)):
+            raise _size_refused(name, args)
+        return base(*args)
+    return type(f"_{name}", (base,), {"__new__": __new__, "__module__": __name__, "_real": base})
+
+
+def _defaultdict(factory: Any = None, *args: Any) -> Any:
+    if len(args) > 1 or (args and not isinstance(args[0], _CONCRETE)):
+        raise _size_refused("defaultdict", args)
+    if args:
+        _charge(len(args[0]))
+    return collections.defaultdict(getattr(factory, "_real", factory), *args)
+
+
+def _fraction(*args: Any) -> Any:
+    import fractions
+
+    if len(args) > 2 or not all(isinstance(a, int) or (isinstance(a, str) and len(a) < 10_000 and not re.search(r"[eE]", a))
+                                for a in args):
+        raise _size_refused("Fraction", args)  # Fraction("1e999999999") would compute 10**999999999
+    return fractions.Fraction(*args)
+
+
+_TEXT = (str, bytes, bytearray, int, float, bool, type(None))
+#: The constructors a result may call, by the name pickle gives them ("builtins." left out).
+_GUARDS: dict[str, Any] = {
+    "list": _copying(list, "list"), "tuple": _copying(tuple, "tuple"), "set": _copying(set, "set"),
+    "frozenset": _copying(frozenset, "frozenset"), "dict": _copying(dict, "dict"),
+    "bytearray": _scalar(bytearray, "bytearray", (bytes, bytearray, str)),
+    "bytes": _scalar(bytes, "bytes", (bytes, bytearray, str)),
+    "str": _scalar(str, "str", _TEXT), "int": _scalar(int, "int", _TEXT[:-1]),
+    "collections.deque": _copying(collections.deque, "deque", extra=1),
+    "collections.OrderedDict": _copying(collections.OrderedDict, "OrderedDict"),
+    "collections.Counter": _copying(collections.Counter, "Counter"),
+    "collections.defaultdict": _defaultdict, "fractions.Fraction": _fraction,
+}
+
+
+_SAFE_BUILTINS = {"float", "complex", "bool", "slice"}  # plus the guarded constructors of _GUARDS
 _SAFE_GLOBALS = {
-    ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"), ("collections", "defaultdict"),
     ("datetime", "date"), ("datetime", "datetime"), ("datetime", "time"), ("datetime", "timedelta"),
-    ("datetime", "timezone"), ("decimal", "Decimal"), ("fractions", "Fraction"), ("copyreg", "_reconstructor"),
+    ("datetime", "timezone"), ("decimal", "Decimal"),
 }
 
 
 class _ResultUnpickler(pickle.Unpickler):
-    """Builds plain values, and classes defined in `module` (the function's own); anything else is refused."""
+    """Builds plain values, and classes defined in `module` (the function's own); anything else is refused.
+    Constructors only copy values already built (bytearray(600 MiB) or list(range(10**9)) are refused)
+    and what they copy counts toward MAX_RESULT_ITEMS."""
 
     def __init__(self, data: bytes, module: str | None) -> None:
         super().__init__(io.BytesIO(data))
         self.module = module
 
     def find_class(self, module: str, name: str) -> Any:
+        key = name if module == "builtins" else f"{module}.{name}"
+        if key in _GUARDS:
+            return _GUARDS[key]
         if module == "builtins" and (name in _SAFE_BUILTINS or (
                 isinstance(getattr(builtins, name, None), type) and issubclass(getattr(builtins, name), Exception))):
             return getattr(builtins, name)
@@ -110,13 +221,83 @@ class _ResultUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not a plain value or a class of {self.module or 'the function'}'s module")
 
 
+_LEAVES = frozenset({str, bytes, bytearray, int, float, bool, complex, type(None), slice})
+
+
+def _parts(obj: Any) -> list[Any] | None:
+    """What a container holds (dict: keys and values), None for a leaf."""
+    if type(obj) in _LEAVES:
+        return None
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+        return list(obj)
+    if isinstance(obj, BaseException):
+        return list(obj.args)
+    state = getattr(obj, "__dict__", None)
+    return list(state.values()) if isinstance(state, dict) else None
+
+
+def check_size(obj: Any, *, max_items: int = MAX_RESULT_ITEMS, max_depth: int = MAX_RESULT_DEPTH) -> str | None:
+    """Why `obj` is too big to take in (None when it isn't): more than `max_items` elements counting a shared
+    part as often as it is reached (a few bytes of pickle can share a list 2**100 times), or nested deeper than
+    `max_depth`. Linear in the distinct objects; a cycle counts once."""
+    sizes: dict[int, int] = {}
+    depths: dict[int, int] = {}
+    parts: dict[int, tuple[list[Any], int]] = {}
+    open_: set[int] = set()
+    stack = [obj]
+    while stack:
+        top = stack[-1]
+        i = id(top)
+        if i in sizes:
+            stack.pop()
+            continue
+        if i not in parts:
+            inner = _parts(top)
+            if inner is None:
+                sizes[i], depths[i] = 1, 0
+                stack.pop()
+                continue
+            kids = [k for k in inner if type(k) not in _LEAVES]
+            parts[i] = (kids, len(inner) - len(kids))
+        kids, leaves = parts[i]
+        if i not in open_:
+            open_.add(i)
+            pending = [k for k in kids if id(k) not in sizes and id(k) not in open_]
+            if pending:
+                stack.extend(pending)
+                continue
+        size = 1 + leaves + sum(sizes.get(id(k), 1) for k in kids)  # a kid still open is a cycle: counted once
+        depth = 1 + max((depths.get(id(k), 0) for k in kids), default=0)
+        if size > max_items:
+            return (f"it has over {max_items:,} elements (counting a shared part as often as it is reached), the cap "
+                    "of a result of isolated code (textopt.sandbox.MAX_RESULT_ITEMS)")
+        if depth > max_depth:
+            return (f"it is nested over {max_depth} levels deep, the cap of a result of isolated code "
+                    "(textopt.sandbox.MAX_RESULT_DEPTH)")
+        sizes[i], depths[i] = size, depth
+        open_.discard(i)
+        del parts[i]
+        stack.pop()
+    return None
+
+
 def _load(data: bytes, module: str | None) -> Any:
-    return _ResultUnpickler(data, module).load()
+    _budget.used = 0
+    value = _ResultUnpickler(data, module).load()
+    problem = check_size(value)
+    if problem is not None:
+        raise pickle.UnpicklingError(problem)
+    return value
 
 
 @functools.lru_cache(maxsize=64)
 def _names(source: str, filename: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(names the code reads as globals or attributes, names its top level binds). Compiles; never runs anything."""
+    """(global names the code reads, names its top level binds). Attribute names are not globals: in
+    `subprocess.run(...)` only `subprocess` is. Parses and builds symbol tables; never runs anything."""
+    import symtable
+
     tree = ast.parse(source)
     bound: set[str] = set()
     for node in tree.body:
@@ -128,11 +309,14 @@ def _names(source: str, filename: str) -> tuple[frozenset[str], frozenset[str]]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             bound.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
     used: set[str] = set()
-    stack = [compile(tree, filename, "exec", dont_inherit=True)]
-    while stack:
-        code = stack.pop()
-        used.update(code.co_names)
-        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    tables = [symtable.symtable(source, filename, "exec")]
+    while tables:
+        table = tables.pop()
+        top = table.get_type() == "module"
+        for sym in table.get_symbols():
+            if sym.is_referenced() and (top or sym.is_global()):
+                used.add(sym.get_name())
+        tables.extend(table.get_children())
     return frozenset(used), frozenset(bound)
 
 
@@ -245,14 +429,51 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _serve(conn_in: Any, reply_fd: int, memory_limit: int) -> None:
-    """The worker's loop: read a job, run it, send ("ok", pickled result, exiting?) or ("error", description)."""
+def _serve(in_fd: int, out_fd: int, memory_limit: int, mode: str) -> None:
+    """The worker's loop: read a job, run it, send ("ok", exiting?, size) and the pickled result, or
+    ("error", description).
+
+    Everything the reply path uses is bound here, before any code of the user or the LLM runs: code that
+    replaces builtins.len, os.write or pickle.dumps (or this module's functions) can't break the reply. A
+    job that changed the builtins gets them back before its reply is made, and the worker is replaced after it."""
     import resource
-    from multiprocessing.connection import Connection
+    import struct
 
     global _IN_WORKER
     _IN_WORKER = True
-    out = Connection(reply_fd, readable=False)
+    write, read, exit_, dumps, loads = os.write, os.read, os._exit, pickle.dumps, pickle.loads
+    pack, unpack, size_of, view_of, active = struct.Struct("!Q").pack, struct.Struct("!Q").unpack, len, memoryview, threading.active_count
+    describe, run_job, error_type, cap, base_exc = _describe, _run_job, IsolationError, MAX_REPLY_BYTES, BaseException
+    table = builtins.__dict__
+    saved = dict(table)
+
+    def send(*chunks: bytes) -> None:
+        for chunk in chunks:
+            view = view_of(chunk)
+            while view:
+                view = view[write(out_fd, view):]
+
+    def frame(data: bytes) -> None:
+        send(pack(size_of(data)), data)
+
+    def recv(n: int) -> bytes:
+        parts, left = [], n
+        while left:
+            chunk = read(in_fd, min(left, 1 << 20))
+            if not chunk:
+                exit_(0)  # the parent is gone
+            parts.append(chunk)
+            left -= size_of(chunk)
+        return b"".join(parts)
+
+    def builtins_changed() -> bool:
+        if size_of(table) != size_of(saved):
+            return True
+        for key, value in saved.items():
+            if table.get(key, table) is not value:
+                return True
+        return False
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if memory_limit:
@@ -262,51 +483,234 @@ def _serve(conn_in: Any, reply_fd: int, memory_limit: int) -> None:
     threading.stack_size(256 * 1024)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     cache: dict[tuple, tuple[dict, Callable]] = {}
-    out.send_bytes(pickle.dumps(("ready", os.getpid())))
+    frame(dumps(("ready", os.getpid(), mode)))
     while True:
-        try:
-            kind, body = pickle.loads(conn_in.recv_bytes())
-        except (EOFError, OSError):
-            os._exit(0)
+        kind, body = loads(recv(unpack(recv(8))[0]))
         fatal = False
+        data = b""
         try:
             if kind == "import":
                 sys.path[:] = body[1]
-                __import__(body[0])
-                reply: tuple = ("ok", pickle.dumps(None), False)
+                __import__(body[0])  # the function's own module (the user's code): what it sets up is kept
+                saved = dict(table)
+                reply: tuple = ("ok", False, 0)
             else:
-                threads = threading.active_count()
-                result = _run_job(body, cache)
-                fatal = threading.active_count() > threads  # the code left threads running: start clean next time
+                threads = active()
+                result = run_job(body, cache)
+                fatal = active() > threads  # the code left threads running: start clean next time
+                if builtins_changed():
+                    table.clear()
+                    table.update(saved)
+                    fatal = True  # what else it changed can't be known
                 try:
-                    reply = ("ok", pickle.dumps(result), fatal)
+                    data = dumps(result)
                 except Exception as exc:
-                    raise IsolationError(f"the result (a {type(result).__name__}) can't be sent back from the isolated "
-                                         f"worker ({type(exc).__name__}: {exc}); return plain values") from None
+                    raise error_type(f"the result (a {type(result).__name__}) can't be sent back from the isolated "
+                                     f"worker ({type(exc).__name__}: {exc}); return plain values") from None
                 del result
-        except BaseException as exc:
+                if size_of(data) > cap:
+                    raise error_type(f"the result is {size_of(data) / 2**20:.0f} MiB once pickled, over the cap of "
+                                     f"{cap // 2**20} MiB for a result of isolated code (textopt.sandbox.MAX_REPLY_BYTES)")
+                reply = ("ok", fatal, size_of(data))
+        except base_exc as exc:
+            data = b""
+            if builtins_changed():
+                table.clear()
+                table.update(saved)
+                fatal = True
             try:
-                desc = _describe(exc, memory_limit)
-            except BaseException:
-                os._exit(3)
-            fatal = desc["fatal"]
+                desc = describe(exc, memory_limit)
+            except base_exc:
+                desc = {"type": "IsolationError", "module": __name__, "args": None, "frames": [], "fatal": True,
+                        "exit_code": None, "message": "the code broke the isolated worker's error report"}
+            fatal = fatal or desc["fatal"]
+            desc["fatal"] = fatal
             reply = ("error", desc)
         try:
-            out.send_bytes(pickle.dumps(reply))
-        except BaseException:
-            os._exit(3)
-        if fatal:  # an exit, an interrupt or a MemoryError: this interpreter's state can't be trusted
+            head = dumps(reply)
+            if size_of(head) > cap:
+                head = dumps(("error", {**reply[1], "args": None, "frames": [], "message": reply[1]["message"][:2000]}))
+            frame(head)
+            if data:
+                frame(data)
+        except base_exc:
+            exit_(3)
+        if fatal:  # an exit, an interrupt, a MemoryError, threads left, builtins replaced: start clean
+            exit_(0)
+
+
+#: Started as `python -c _BOOT in_fd out_fd memory_limit mode` (by the launcher): reads sys.path, then serves.
+_BOOT = (
+    "import os, sys, pickle, struct\n"
+    "def _read(fd, n):\n"
+    "    b = b''\n"
+    "    while len(b) < n:\n"
+    "        c = os.read(fd, n - len(b))\n"
+    "        if not c:\n"
+    "            os._exit(0)\n"
+    "        b += c\n"
+    "    return b\n"
+    "_fd = int(sys.argv[1])\n"
+    "sys.path[:] = pickle.loads(_read(_fd, struct.unpack('!Q', _read(_fd, 8))[0]))\n"
+    "from textopt.sandbox import _serve\n"
+    "_serve(_fd, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])\n"
+)
+
+#: The launcher, started as `python -I -S -c _LAUNCHER lifeline_fd want_namespaces -- worker argv...` in its
+#: own session with the minimal environment. It is the only direct child of the parent: the worker is its
+#: grandchild (or further down), so the worker's getppid() is never the parent. Where Linux allows an
+#: unprivileged user namespace, the worker runs in new user, pid and mount namespaces with its own /proc,
+#: nested once more so that /proc can't be unmounted: the parent has no pid there, so the worker can neither
+#: read its /proc/<pid>/environ nor signal it, and everything the worker starts dies with it. Where that
+#: fails (no user namespaces, a locked-down /proc), it falls back to the plain chain, with no message.
+#: It mirrors the worker's exit status (code or signal) as its own, and kills its whole process group when
+#: the parent goes away (the lifeline pipe reads EOF).
+_LAUNCHER = r"""
+import os, select, signal, sys
+
+IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+NEWNS, NEWUSER, NEWPID = 0x00020000, 0x10000000, 0x20000000
+REC, PRIVATE, NOSUID, NODEV, NOEXEC = 16384, 1 << 18, 2, 4, 8
+
+
+def libc():
+    try:
+        import ctypes
+        lib = ctypes.CDLL(None, use_errno=True)
+        return lib, ctypes
+    except Exception:
+        return None, None
+
+
+def check(ok, what, ctypes):
+    if ok != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, what + ": " + os.strerror(err))
+
+
+def enter(lib, ctypes, flags, uid, gid):
+    check(lib.unshare(flags), "unshare", ctypes)
+    for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
+        with open("/proc/self/" + name, "w") as fh:
+            fh.write(text)
+
+
+def die_with_parent(lib, parent):
+    if lib is not None:
+        lib.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if parent and os.getppid() != parent:
+        os._exit(0)
+
+
+def report(fd, text):
+    os.write(fd, text.encode())
+
+
+def supervise(lib, fd, argv, mode):
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        die_with_parent(lib, me)
+        for s in IGNORED:
+            signal.signal(s, signal.SIG_DFL)
+        os.execv(argv[0], argv + [mode])
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if got == pid:
+            report(fd, "S%d\n" % status)
             os._exit(0)
 
 
-_BOOT = (
-    "import sys, pickle\n"
-    "from multiprocessing.connection import Connection\n"
-    "c = Connection(int(sys.argv[1]), writable=False)\n"
-    "sys.path[:] = pickle.loads(c.recv_bytes())\n"
-    "from textopt.sandbox import _serve\n"
-    "_serve(c, int(sys.argv[2]), int(sys.argv[3]))\n"
-)
+def chain(lib, ctypes, fd, argv, mode, launcher):
+    die_with_parent(lib, launcher)
+    if mode == "session":
+        supervise(lib, fd, argv, mode)
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        enter(lib, ctypes, NEWUSER | NEWPID | NEWNS, uid, gid)
+    except OSError:
+        report(fd, "F\n")
+        os._exit(0)
+    pid = os.fork()  # pid 1 of the new pid namespace
+    if pid == 0:
+        die_with_parent(lib, 0)
+        try:
+            check(lib.mount(b"none", b"/", None, REC | PRIVATE, None), "mount", ctypes)
+            check(lib.mount(b"proc", b"/proc", b"proc", NOSUID | NODEV | NOEXEC, None), "mount proc", ctypes)
+            enter(lib, ctypes, NEWUSER | NEWNS, uid, gid)  # nested: the new /proc is locked, it can't be unmounted
+        except OSError:
+            report(fd, "F\n")
+            os._exit(0)
+        supervise(lib, fd, argv, mode)
+    try:
+        os.waitpid(pid, 0)
+    finally:
+        os._exit(0)
+
+
+def mirror(status):
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            signal.signal(-code, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+        os.kill(os.getpid(), -code)
+        os._exit(128 - code)
+    os._exit(code)
+
+
+def main():
+    lifeline, want = int(sys.argv[1]), sys.argv[2] == "1"
+    os.set_inheritable(lifeline, False)  # the worker gets its two pipes and nothing else
+    argv = sys.argv[sys.argv.index("--") + 1:]
+    for s in IGNORED:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except Exception:
+        pass
+    lib, ctypes = libc()
+    modes = ["namespaces", "session"] if want and lib is not None and sys.platform.startswith("linux") else ["session"]
+    me = os.getpid()
+    for mode in modes:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                chain(lib, ctypes, w, argv, mode, me)
+            finally:
+                os._exit(70)
+        os.close(w)
+        text = b""
+        while True:
+            ready = select.select([r, lifeline], [], [])[0]
+            if lifeline in ready and not os.read(lifeline, 1):  # the parent is gone: so is everything here
+                os.killpg(0, signal.SIGKILL)
+            if r in ready:
+                chunk = os.read(r, 64)
+                if not chunk:
+                    break
+                text += chunk
+        os.close(r)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        if text.startswith(b"S"):
+            mirror(int(text[1:]))
+        if not text.startswith(b"F"):
+            os._exit(70)
+    os._exit(70)
+
+
+main()
+"""
 
 
 # -- the parent's side ---------------------------------------------------------------------------
@@ -328,25 +732,33 @@ def _exit_text(code: int | None) -> str:
 
 
 class _Worker:
-    """One worker process and the two pipes to it."""
+    """One worker (behind its launcher) and the two pipes to it. Every read and write of the parent has a
+    deadline, and a reply can't declare more than MAX_REPLY_BYTES: a worker that stalls, lies about a length
+    or floods the pipe is killed, never waited on."""
 
-    def __init__(self, memory_limit: int, env: dict[str, str]) -> None:
-        from multiprocessing.connection import Connection
-
-        child_reads, parent_writes = os.pipe()
-        parent_reads, child_writes = os.pipe()
+    def __init__(self, memory_limit: int, env: dict[str, str], namespaces: bool) -> None:
+        child_reads, self.tx = os.pipe()
+        self.rx, child_writes = os.pipe()
+        lifeline, self.lifeline = os.pipe()  # the launcher reads EOF when this process is gone
+        worker = [sys.executable, "-c", _BOOT, str(child_reads), str(child_writes), str(memory_limit)]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(child_reads), str(child_writes), str(memory_limit)],
-                pass_fds=(child_reads, child_writes), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lifeline), "1" if namespaces else "0", "--", *worker],
+                pass_fds=(child_reads, child_writes, lifeline), env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        except BaseException:
+            for fd in (self.tx, self.rx, self.lifeline):
+                os.close(fd)
+            raise
         finally:
-            os.close(child_reads)
-            os.close(child_writes)
-        self.tx = Connection(parent_writes, readable=False)
-        self.rx = Connection(parent_reads, writable=False)
+            for fd in (child_reads, child_writes, lifeline):
+                os.close(fd)
+        os.set_blocking(self.tx, False)
+        self.closed = False
         self.imported: set[str] = set()
+        self.mode = ""
         try:
-            self.tx.send_bytes(pickle.dumps(list(sys.path)))
+            self._send(pickle.dumps(list(sys.path)), time.monotonic() + START_TIMEOUT)
             reply = self.wait(START_TIMEOUT)
         except (_Dead, OSError) as exc:
             self.kill()
@@ -354,13 +766,61 @@ class _Worker:
         if reply is None or reply[0] != "ready":
             self.kill()
             raise IsolationError(f"the isolated worker process did not start within {START_TIMEOUT:g} s")
+        self.mode = reply[2]
+
+    def _read(self, n: int, deadline: float) -> bytes | None:
+        """Exactly n bytes from the worker, None when the deadline passes first; EOFError when it is gone."""
+        parts: list[bytes] = []
+        poller = select.poll()
+        poller.register(self.rx, select.POLLIN)
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                return None
+            chunk = os.read(self.rx, min(n, 1 << 20))
+            if not chunk:
+                raise EOFError
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def _frame(self, deadline: float) -> bytes | None:
+        head = self._read(8, deadline)
+        if head is None:
+            return None
+        (size,) = struct.unpack("!Q", head)
+        if size > MAX_REPLY_BYTES:
+            raise _Dead(f"declared a reply of {size:,} bytes, over the cap of {MAX_REPLY_BYTES // 2**20} MiB "
+                        "(textopt.sandbox.MAX_REPLY_BYTES)")
+        return self._read(size, deadline)
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        """Write a frame; OSError when the worker is gone, TimeoutError when it stops reading."""
+        view = memoryview(struct.pack("!Q", len(data)) + data)
+        poller = select.poll()
+        poller.register(self.tx, select.POLLOUT)
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError("the isolated worker stopped reading its requests")
+            try:
+                view = view[os.write(self.tx, view):]
+            except BlockingIOError:
+                continue
 
     def wait(self, timeout: float) -> Any:
-        """The next reply, None on timeout; raises _Dead when the worker has gone or sent nonsense."""
+        """The next reply, whole, within `timeout` (None when it isn't there in time); raises _Dead when the
+        worker has gone or sent nonsense. An "ok" reply comes back as ("ok", pickled result, exiting?)."""
+        deadline = time.monotonic() + timeout
         try:
-            if not self.rx.poll(timeout):
+            data = self._frame(deadline)
+            if data is None:
                 return None
-            return _load(self.rx.recv_bytes(MAX_REPLY_BYTES), None)
+            reply = _load(data, None)
+            if reply[0] == "ok" and reply[2]:
+                body = self._frame(deadline)
+                return None if body is None else ("ok", body, reply[1])
+            return reply
         except (EOFError, OSError) as exc:
             try:
                 code = self.proc.wait(2)
@@ -368,6 +828,9 @@ class _Worker:
                 code = None
             self.kill()
             raise _Dead(_exit_text(code) if code is not None else f"broke its pipe ({type(exc).__name__})") from None
+        except _Dead:
+            self.kill()
+            raise
         except Exception as exc:  # unpickling refused or failed: the worker wrote something we didn't ask for
             self.kill()
             raise _Dead(f"sent an unreadable reply ({type(exc).__name__}: {exc})") from None
@@ -375,7 +838,9 @@ class _Worker:
     def request(self, message: tuple, timeout: float) -> Any:
         data = pickle.dumps(message)
         try:
-            self.tx.send_bytes(data)
+            self._send(data, time.monotonic() + max(timeout, 5.0))
+        except TimeoutError:
+            return None
         except OSError:
             return self.wait(0.5) or self.wait(0)  # the worker is gone: wait() says how
         return self.wait(timeout)
@@ -383,15 +848,17 @@ class _Worker:
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the launcher, the worker and anything they started
             except (ProcessLookupError, PermissionError):
                 self.proc.kill()
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-        for conn in (self.tx, self.rx):
-            conn.close()
+        if not self.closed:
+            self.closed = True
+            for fd in (self.tx, self.rx, self.lifeline):
+                os.close(fd)
 
 
 _exception_types: dict[tuple[str, str], type] = {}
@@ -423,14 +890,22 @@ def _rebuild(desc: dict[str, Any], module: str | None) -> BaseException:
 
 
 class Sandbox:
-    """A pool of warm worker processes for isolated code, all with the same memory limit and environment."""
+    """A pool of warm worker processes for isolated code, all with the same memory limit and environment.
+
+    env: the worker's environment (default: `minimal_environ()`, PATH, HOME, locale...); a given dict is passed
+    less the variables that look like secrets. namespaces=True (default) runs each worker in its own user, pid
+    and mount namespaces where Linux allows it (see `mode`), False never tries."""
 
     def __init__(self, *, memory_limit: int = DEFAULT_MEMORY_LIMIT, max_workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, namespaces: bool = True) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.memory_limit, self.max_workers = int(memory_limit), max_workers
         self._env = env
+        self.namespaces = bool(namespaces)
+        #: How the latest worker is kept apart: "namespaces" (own user/pid/mount namespaces: it can't see or
+        #: signal this process) or "session" (own session behind a launcher only); "" before the first.
+        self.mode = ""
         self._idle: list[_Worker] = []
         self._live = 0
         self._cond = threading.Condition()
@@ -443,17 +918,20 @@ class Sandbox:
                     worker = self._idle.pop()
                     if worker.proc.poll() is None:
                         return worker
+                    worker.kill()  # closes its pipes
                     self._live -= 1
                 if self._live < self.max_workers:
                     self._live += 1
                     break
                 self._cond.wait()
         try:
-            worker = _Worker(self.memory_limit, clean_environ(self._env))
+            env = minimal_environ() if self._env is None else clean_environ(self._env)
+            worker = _Worker(self.memory_limit, env, self.namespaces)
         except BaseException:
             self._release(None)
             raise
         self.started += 1
+        self.mode = worker.mode
         _register(self)
         return worker
 
@@ -483,8 +961,8 @@ class Sandbox:
                     d = reply[1]
                     raise IsolationError(
                         f"importing {name}'s module {module!r} in the isolated worker failed with {d['type']}: "
-                        f"{d['message'].splitlines()[0] if d['message'] else ''} (the worker has no secret environment "
-                        f"variables); {OPT_OUT}")
+                        f"{d['message'].splitlines()[0] if d['message'] else ''} (the worker has a minimal environment: "
+                        f"textopt.sandbox.Sandbox(env=...) gives it more); {OPT_OUT}")
                 worker.imported.add(module)
             reply = worker.request(("run", job), timeout)
             if reply is None:
@@ -497,7 +975,7 @@ class Sandbox:
                 keep = not reply[2]
                 try:
                     return _load(body, module)
-                except (pickle.UnpicklingError, AttributeError, ImportError) as exc:
+                except Exception as exc:  # refused, or a constructor failed on what it was given
                     raise IsolationError(f"the result of {name} was refused: {exc}. Isolated code returns plain values "
                                          f"(str, numbers, bool, None, containers, bytes) or classes of its own module; {OPT_OUT}") from None
             keep = not body["fatal"]

@@ -96,7 +96,8 @@ def test_isolated_code_sees_no_secret_environment_variables(tmp_path):
             "        raw = ''\n"
             "    return repr(dict(os.environ)) + raw + str(os.environ.get('OPENAI_API_KEY'))")
     _, out = run_child(tmp_path, code, env=dict(SECRETS, TEXTOPT_PROBE="visible"))
-    assert out["raised"] is None and "TEXTOPT_PROBE" in out["value"]  # the environment reached the code, less the secrets
+    assert out["raised"] is None and "'PATH'" in out["value"]  # the minimal environment reached the code
+    assert "TEXTOPT_PROBE" not in out["value"]  # issue 24: only the minimal environment, not the rest
     for k, v in SECRETS.items():
         assert v not in out["value"], f"{k} reached the isolated code"
     assert clean_environ({"OPENAI_API_KEY": "x", "PATH": "/bin"}) == {"PATH": "/bin"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..secrets import scrub_url
+from ..secrets import remember, scrub_url, url_credentials
 from ..image import openai_messages
 from .base import Completion, Engine, Request
 from .openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
@@ -33,6 +33,7 @@ class LiteLLMEngine(Engine):
         self._litellm = litellm
         self.api_base = api_base
         self._api_key = api_key
+        remember(api_key, *url_credentials(api_base))  # masked wherever textopt writes
 
     async def aready(self) -> None:
         """No call: litellm knows the model's provider, and the key that provider needs is set (or passed).

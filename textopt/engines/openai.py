@@ -9,7 +9,7 @@ import os
 import weakref
 from typing import Any
 
-from ..secrets import scrub_url
+from ..secrets import remember, scrub_url, url_credentials
 from ..image import openai_messages
 from .._sync import run_on_textopt_loop
 from .base import Completion, Engine, Request
@@ -83,6 +83,7 @@ class OpenAIEngine(Engine):
                 )
             key = "no-key"
         self._api_key = key
+        remember(key if key != "no-key" else None, *url_credentials(self.base_url))  # masked wherever textopt writes
         # Made here, off the event loop (building its SSL context takes a while); it binds to the textopt
         # loop at first use and is rebuilt only if that loop is ever replaced (after a fork).
         self._client_on: tuple[asyncio.AbstractEventLoop | None, Any] = (None, self._new_client())

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ..image import openai_messages
-from ..secrets import scrub_url
+from ..secrets import remember, scrub_url, url_credentials
 from .base import Completion, Request
 from .litellm import LiteLLMEngine
 from .openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
@@ -61,6 +61,7 @@ class RouterEngine(LiteLLMEngine):
         self._api_key = None
         self.endpoints = [{"model": _litellm_model(e), "base_url": e.get("base_url")} for e in eps]
         self._keys = [e.get("api_key") for e in eps]
+        remember(*self._keys, *(c for e in eps for c in url_credentials(e.get("base_url"))))  # masked wherever textopt writes
         model_list = [
             {"model_name": GROUP, "litellm_params": {
                 "model": _litellm_model(e),

@@ -108,6 +108,17 @@ def check_template(source: str, fields: Mapping[str, str]) -> None:
     if unused:
         raise FieldTemplateError(f"field template never shows field(s) {', '.join(unused)}; put {{{{ {unused[0]} }}}} "
                                  "where the value belongs")
+    _test_render(source, tuple(fields.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _test_render(source: str, fields: tuple[tuple[str, str], ...]) -> None:
+    """Render `source` once with sample values: a template the sandbox refuses to render (one that reaches for
+    `''.__class__.__mro__`, say) fails here, when it is set, not at every later call."""
+    try:
+        render_fields(source, {name: (role, f"sample {name}") for name, role in fields})
+    except FieldTemplateError as exc:
+        raise FieldTemplateError(f"{exc} (when test-rendered with sample values)") from None
 
 
 def render_fields(source: str, fields: Mapping[str, tuple[str, Any]]) -> str | list[Any]:
@@ -120,7 +131,7 @@ def render_fields(source: str, fields: Mapping[str, tuple[str, Any]]) -> str | l
     ns = {name: _Field(name, role, value, images, nonce) for name, (role, value) in fields.items()}
     try:
         text = _compile(source).render(**ns)
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, TypeError, ValueError, AttributeError, ArithmeticError, LookupError, RecursionError) as exc:
         raise FieldTemplateError(f"field template could not be rendered: {type(exc).__name__}: {exc}") from None
     if not images:
         return text

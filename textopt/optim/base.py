@@ -38,7 +38,7 @@ _PLACEHOLDER_RE = re.compile(r"<\s*(new[ _]?value|value|why|reasoning|the full n
 class UpdateFailure:
     """A proposal that could not be used (the variable kept its value). kind: "no change", "placeholder",
     "null", "empty", "unicode", "too long", "not text", "unknown parameter", "refused", "reply", "engine",
-    "no feedback"."""
+    "no feedback", "control"."""
 
     step: int
     variable: str
@@ -197,9 +197,11 @@ class Optimizer:
             try:
                 with using_templates(self.templates):
                     proposals = await self.propose(todo, temperature=temperature, rejected=rejected)
-            except (ParseError, EngineError) as exc:
+            except (ParseError, EngineError, RecursionError) as exc:  # RecursionError: a reply nested past any parser
                 who = todo[0].name if len(todo) == 1 else "*"
-                self._fail(report, who, str(exc), getattr(exc, "reply", ""), "reply" if isinstance(exc, ParseError) else "engine")
+                kind = "engine" if isinstance(exc, EngineError) else "reply"
+                self._fail(report, who, str(exc) if not isinstance(exc, RecursionError) else
+                           "the reply is nested too deeply to read (RecursionError)", getattr(exc, "reply", ""), kind)
                 break
             todo = self._apply(proposals, todo, report, rejected, answered)
         if self.memory and answered:
@@ -216,7 +218,7 @@ class Optimizer:
 
     def check(self, param: Variable, value: Any) -> tuple[str, str] | None:
         """(kind, reason) when `value` can't be `param`'s new value, else None. Never runs or stores it."""
-        return check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders)
+        return check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders) or control_characters(value)
 
     def _targets(self, params: Sequence[Variable] | None) -> list[Variable]:
         if params is None:
@@ -377,3 +379,19 @@ def _unescape(value: Any) -> Any:
     from ..prompts import unescape_tags
 
     return unescape_tags(value) if isinstance(value, str) else value
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def control_characters(value: Any) -> tuple[str, str] | None:
+    """("control", reason) when text `value` holds a control character other than newline and tab (a NUL, an
+    escape sequence, a carriage return...): it would reach every later prompt, terminal and log. Else None."""
+    if not isinstance(value, str):
+        return None
+    m = _CONTROL.search(value)
+    if m is None:
+        return None
+    return "control", (f"the proposed value holds the control character U+{ord(m.group()):04X} at position {m.start()}; "
+                       "only newlines and tabs may appear in a value")
+
