@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ("optimize", "resume", "report", "aegis")
+COMMANDS = ("optimize", "resume", "report", "aegis", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,7 +136,8 @@ def resume(run_dir: str | Path, *, callbacks: Sequence[Callback | Callable[[dict
 
 def make_engine(spec: str, *, base_url: str | None = None, no_cache: bool = False, max_tokens: int | None = None,
                 latency: float = 0.0, budget_usd: float | None = None) -> "Engine":
-    """An engine from a spec string as the CLI takes it: local[:path.gguf], openai:<model>, litellm:<model>,
+    """An engine from a spec string as the CLI takes it: local[:name|path.gguf] (local:reflect is the 1.5B
+    reflection model), openai:<model>, litellm:<model>,
     or fake (alias scripted: the offline stand-in model, answers are noise). budget_usd: the run's dollar
     budget, refused here (before anything is spent) if this engine's cost can't be known."""
     from .engines.pricing import check_budget_usd
@@ -166,10 +167,15 @@ def _make_engine(spec: str, *, base_url: str | None, no_cache: bool, max_tokens:
     if kind == "local":  # checked here, before a run directory exists or anything is spent
         import importlib.util
 
+        from .engines.models import MODELS, find_model, model_path
+
         path = spec.strip().partition(":")[2]
-        if path and not Path(path).expanduser().is_file():
-            raise FileNotFoundError(f"--engine {spec}: there is no model file at {path}; pass the path of a .gguf file, "
-                                    "or --engine local for the embedded SmolLM2")
+        if path and find_model(path) is not None and not Path(path).expanduser().is_file():
+            model_path(path)  # a registered model: assembled and checked now (ModelFileError names the package)
+        elif path and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"--engine {spec}: no registered local model or model file {path!r}; use one of "
+                                    f"{', '.join(f'local:{m}' for m in MODELS)} (local:reflect is the 1.5B), "
+                                    "the path of a .gguf file, or --engine local for the embedded SmolLM2")
         if importlib.util.find_spec("llama_cpp") is None:
             raise ImportError("the local engine needs llama-cpp-python: pip install -e '.[local]' "
                               "(or use --engine openai:<model> / litellm:<model>)")

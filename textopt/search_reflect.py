@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .errors import EngineError, ParseError
 from .evaluate import Scored, _is_async
-from .prompts import unescape_tags
+from .optim.base import clean_value
 from .variable import Variable
 
 #: What Search calls on a proposer object (interface C).
@@ -98,7 +98,7 @@ class Reflector:
             proposal = next((v for key, v in proposals.items()
                              if (key.name if isinstance(key, Variable) else str(key)) == param.name), None)
             value = getattr(proposal, "value", None)
-            value = unescape_tags(value) if isinstance(value, str) else value
+            value = clean_value(value)
             check = getattr(self.opt, "check", None)
             if not isinstance(value, str) or value in seen or (check is not None and check(param, value) is not None):
                 failures += 1

@@ -63,6 +63,7 @@ class Variable:
         requires_grad: bool = False,
         name: str | None = None,
         parents: Iterable["Variable"] = (),
+        required: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(role, str) or not role.strip():
             raise ValueError("Variable needs a role: a short description of what the value is, e.g. role='system prompt'")
@@ -84,6 +85,11 @@ class Variable:
             )
         self.value = value
         self.requires_grad = bool(requires_grad)
+        #: `{field}`s every new value must keep (an optimizer refuses a proposal that drops one). Declared, or
+        #: for a role that says "template", the fields of the initial value: a template without `{input}` would
+        #: be scored without the input, and a small model would game the metric by echoing a label.
+        self.required: frozenset[str] = frozenset(required) if required is not None else (
+            template_fields(value) if isinstance(value, str) and "template" in role.lower() else frozenset())
         self.gradients: list[Gradient] = []
         self.grad_fn: "Function | None" = None
         self.ctx: "OpContext | None" = None
@@ -158,6 +164,30 @@ class Variable:
         short = text if len(text) <= 60 else text[:57] + "..."
         flag = ", requires_grad=True" if self.requires_grad else ""
         return f"Variable({short!r}, role={self.role!r}, name={self.name!r}{flag})"
+
+
+def template_fields(text: str) -> frozenset[str]:
+    """The `{name}` fields of a str.format template (`{{` escapes and positional `{}` are not fields)."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError:  # an unbalanced brace: not a format template
+        return frozenset()
+    return frozenset(f for _, f, _, _ in parsed if f and f.isidentifier())
+
+
+def missing_fields(param: Variable, value: Any) -> tuple[str, str] | None:
+    """("missing field", reason) when text `value` lacks a `{field}` that `param` declares, else None."""
+    required = getattr(param, "required", frozenset())
+    if not required or not isinstance(value, str):
+        return None
+    lost = sorted(f for f in required if "{" + f + "}" not in value)
+    if not lost:
+        return None
+    names = ", ".join("{" + f + "}" for f in lost)
+    return ("missing field", f"the proposed value drops {names}: {param.name!r} must keep {names} exactly as written "
+            "(that is where the input goes)")
 
 
 def _ancestors(root: Variable) -> list[Variable]:

@@ -14,7 +14,8 @@ __all__ = ["Completion", "DiskCache", "Engine", "Request", "ScriptedEngine", "Us
 def get_engine(spec: str, **options: Any) -> Engine:
     """Build an engine from a spec string.
 
-    "local" (or "local:/path/model.gguf"): embedded SmolLM2 via llama.cpp; "openai:<model>" (with
+    "local" (or "local:<name>", "local:/path/model.gguf"): a local model via llama.cpp, SmolLM2 by default,
+    "local:reflect" for Qwen2.5-Coder-1.5B-Instruct (names in textopt.engines.models.MODELS); "openai:<model>" (with
     base_url=... for any OpenAI-compatible server); "litellm:<model>"; "router" (endpoints=[{"model": ...,
     "base_url": ...}, ...]: several servers behind litellm's Router); "scripted" (reply=..., latency=...).
     Every engine takes timeout= (s per attempt), max_time=, max_concurrency=, cache=, budget_tokens=, budget_usd=.

@@ -333,4 +333,6 @@ def is_unreachable(exc: BaseException) -> bool:
 
     if isinstance(exc, EngineAuthError) or getattr(exc, "status_code", None) in (401, 403):
         return True
+    if getattr(exc, "unreachable", False):  # e.g. a local model whose worker process crashed
+        return True
     return getattr(exc, "cause_type", None) in UNREACHABLE_TYPES

