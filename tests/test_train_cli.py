@@ -160,7 +160,9 @@ def test_ctrl_c_stops_soon_and_prints_the_resume_command(tmp_path):
     (["--engine", "openai:gpt-4o-mini"], "OPENAI_API_KEY"),
     (["--engine", "fake", "--task", "{tmp}/nope.jsonl"], "built-in tasks: object_counting"),
     (["--engine", "fake", "--task", "{tmp}/bad.csv"], "lacks 'question' or 'answer'"),
-    (["--engine", "local:/nope.gguf"], "no model file at /nope.gguf"),
+    (["--engine", "local:/nope.gguf"], "no registered local model or model file '/nope.gguf'"),
+    (["--engine", "fake", "--prompt", "Is this positive or negative?"], "has no {input} slot"),
+    (["--engine", "fake", "--prompt", "{input} Is this positive?"], "names the label(s) 'positive' but not 'negative'"),
     (["--engine", "fake", "--steps", "-1"], "--steps must be an integer >= 0"),
     (["--engine", "fake", "--base-url", "http://x"], "--base-url works with openai:<model>"),
 ])
@@ -290,6 +292,7 @@ def test_task_and_optimizer_sizes_follow_the_job():
     main = recipes.resolve_args({})
     assert (main["task"], main["optimizer"], main["max_tokens"]) == ("sentiment", "search", 24)
     assert main["prompt"] == datasets.TEMPLATES["sentiment"]["question"]  # weak but names the labels
+    assert main["eval_size"] >= 100  # the README's gain is measured on at least 100 held-out examples
     old = recipes.resolve_args({"task": "object_counting", "optimizer": "tgd"})
     assert (old["steps"], old["eval_size"], old["max_tokens"]) == (2, 6, 160) and "{input}" not in old["prompt"]
     assert recipes.resolve_args({"task": "categories", "optimizer": "tgd"})["max_tokens"] == 24

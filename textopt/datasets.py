@@ -185,6 +185,20 @@ def label_feedback(reply: str, answer: str, labels: Sequence[str]) -> tuple[floa
     return 0.0, f"reply named the wrong label {named[0]!r}; expected {answer!r}"
 
 
+def template_problem(template: str, labels: Sequence[str]) -> str | None:
+    """Why `template` can't be a label task's instruction template, else None. It must hold {input} (or the
+    text is never shown, and a reply can only echo the template), and name all the labels or none: a
+    template that names one label but not the others wins its score by having the model echo that word."""
+    if "{input}" not in template:
+        return "it has no {input} slot, so the text to classify would never reach the model"
+    named = found_labels(template.replace("{input}", " "), labels)
+    if named and len(named) < len(labels):
+        missing = [x for x in labels if x not in named]
+        return (f"it names the label(s) {', '.join(map(repr, named))} but not {', '.join(map(repr, missing))}: name every "
+                "label or none (a model that echoes the one label it was shown is not classifying)")
+    return None
+
+
 def label_metric(task: str | Sequence[str]) -> Callable[[Any, Any], Any]:
     """metric(example, output) for a label task (a task name from LABELS, or the label words themselves).
 

@@ -11,6 +11,8 @@ CLI commands are thin adapters over these recipes; the library never imports the
 """
 from __future__ import annotations
 
+import functools
+
 import sys
 import time
 from dataclasses import dataclass, field
@@ -232,7 +234,7 @@ OPTIMIZERS = ("tgd", "optoprime", "search")
 #: (8 + 1) * (10 + 2 * 4) = 162 metric calls -- sized for under 10 minutes on 2 quiet cores with SmolLM2
 #: (about 1-2 s per 24-token answer, 5-10 s per 256-token update).
 SIZES = {
-    "label": {"steps": 8, "batch_size": 4, "eval_size": 40, "val_size": 10, "max_tokens": 24},
+    "label": {"steps": 8, "batch_size": 4, "eval_size": 100, "val_size": 10, "max_tokens": 24},
     "other": {"steps": 2, "batch_size": 2, "eval_size": 6, "val_size": 3, "max_tokens": 160},
 }
 #: The seed prompt of an answer task (a system prompt).
@@ -242,9 +244,21 @@ TEMPLATE_ROLE = ("instruction template for a small model that classifies a text;
                  "stands, and the reply must name exactly one label")
 
 
+def reflect_installed() -> bool:
+    """True when the 1.5B reflection model's chunk packages are installed (they come with textopt[local])."""
+    import importlib.util
+
+    from .engines.models import MODELS
+
+    model = MODELS["qwen2.5-coder-1.5b"]
+    return all(importlib.util.find_spec(model.part_package(n).replace("-", "_")) is not None
+               for n in range(1, len(model.chunks) + 1))
+
+
 def seed_prompt(task: str) -> str:
     """The default starting prompt: for a label task a weak but reasonable template (it names the labels but
-    does not ask for one word: about a third right on SmolLM2), else a generic system prompt."""
+    does not ask for one word: about a third right on SmolLM2), else a generic system prompt. (From the bare
+    `{input}` the 1.5B proposer, seeing single failures, wrote answers for one example, not instructions.)"""
     from .datasets import LABELS, TEMPLATES
 
     return TEMPLATES[task]["question"] if task in LABELS else SYSTEM_PROMPT
@@ -324,11 +338,20 @@ class _PromptTask(Job):
         self.train = examples[a["eval_size"] + a["val_size"] :]
         self.engine = make_engine(a["engine"], base_url=a["base_url"], no_cache=a["no_cache"], latency=a["latency"],
                                   budget_usd=a["budget_usd"])
+        if not a["backward_engine"] and a["engine"].strip().lower() == "local" and reflect_installed():
+            a["backward_engine"] = "local:reflect"  # SmolLM2 can't write instructions; the 1.5B can (issue 22)
         self.backward_engine = (make_engine(a["backward_engine"], base_url=a["base_url"], no_cache=a["no_cache"],
                                             latency=a["latency"], budget_usd=a["budget_usd"])
                                 if a["backward_engine"] else self.engine)
         if self.labels:
-            self.prompt = to.Variable(a["prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
+            from .datasets import template_problem
+
+            labels = LABELS[a["task"]]
+            problem = template_problem(a["prompt"], labels)
+            if problem:
+                raise ValueError(f"--prompt {a['prompt']!r} can't be the {a['task']} template: {problem}")
+            self.prompt = to.Variable(a["prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template",
+                                      required=("input",), validate=functools.partial(template_problem, labels=labels))
         else:
             self.prompt = to.Variable(a["prompt"], role="system prompt of an assistant that answers questions",
                                       requires_grad=True, name="system_prompt")
@@ -345,8 +368,12 @@ class _PromptTask(Job):
         numeric = a["task"] in ("object_counting", "arithmetic")
         constraints = ["The prompt must ask for the final answer as a number."] if numeric else []
         if self.labels:
+            words = " or ".join(self._labels())
             constraints = ["Keep {input} exactly once, where the text to classify goes.",
-                           "The reply must be exactly one of these words: " + ", ".join(self._labels()) + "."]
+                           "The template is used unchanged for every text: write an instruction, not an answer about "
+                           "one example.",
+                           f"The template must tell the model to answer with exactly one word, {words}, and nothing "
+                           "else (a reply that names no label or several labels is wrong)."]
         kind = self.proposer_kind()  # checked whatever the optimizer, so a typo is never ignored
         if a["optimizer"] == "optoprime" or (a["optimizer"] == "search" and kind == "optoprime"):
             return to.OptoPrime([self.prompt], engine=self.backward_engine, constraints=constraints,
@@ -397,8 +424,16 @@ class _PromptTask(Job):
             "gain": gain and gain[0], "ci95_gain": gain and gain[1], "initial_prompt": self.args["prompt"],
             "eval_size": len(self.test), "val_size": len(self.val), "tokens": usage.to_dict(), "run_usage": dict(run_usage),
             "seconds": round(time.perf_counter() - start, 2), "final_prompt": self.prompt.value,
-            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "run_dir": str(self.run_dir) if self.run_dir else None, "backward_engine": self.args.get("backward_engine"),
+            "tokens_by_engine": self._tokens_by_engine(),
         }
+
+    def _tokens_by_engine(self) -> dict[str, dict[str, Any]]:
+        """Tokens per model in this process (a resumed run counts only what it spent since the resume)."""
+        out = {self.args["engine"]: self.engine.usage.to_dict()}
+        if self.backward_engine is not self.engine:
+            out[self.args["backward_engine"]] = self.backward_engine.usage.to_dict()
+        return out
 
     def phase(self, run: Any, name: str, what: str, **info: Any) -> None:
         """Tell the display what the next long stretch of work is (its heartbeat names it)."""
@@ -500,8 +535,8 @@ class OptimizeJob(_PromptTask):
 class SearchJob(_PromptTask):
     """The same task with candidate search (`textopt.search.Search`): a pool of prompts scored per validation
     example, parents from the Pareto front, TGD reflection on minibatches (for a label task each reply's
-    verdict is the feedback the template gets, see `InstructionCall`). --steps bounds the mutations
-    through a metric-call budget of (steps + 1) * (val + 2 * batch) unless --budget-metric-calls is given."""
+    verdict is the feedback the template gets, see `InstructionCall`). --steps bounds the iterations, and
+    a metric-call budget of (steps + 1) * (val + 2 * batch) unless --budget-metric-calls is given."""
 
     def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
                  callbacks: Sequence[Any], progress: bool | None) -> None:
@@ -511,7 +546,7 @@ class SearchJob(_PromptTask):
         budget = a["budget_metric_calls"] or (a["steps"] + 1) * (len(self.val) + 2 * a["batch_size"])
         self.search = Search(
             [self.prompt], forward=self.forward, train=self.train, val=self.val, metric=self.metric, loss=self.loss,
-            proposer=self.proposer(), minibatch=a["batch_size"], budget=budget,
+            proposer=self.proposer(), minibatch=a["batch_size"], budget=budget, iterations=a["steps"] or None,
             budget_tokens=a["budget_tokens"], budget_usd=a["budget_usd"], patience=a["patience"],
             concurrency=a["concurrency"], run_dir=run_dir, resume=resume, seed=a["seed"], callbacks=callbacks,
             progress=progress, spec=self.spec.to_dict())

@@ -9,7 +9,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Callable, TYPE_CHECKING, Any, Iterable
 
 from ._sync import run_sync
 
@@ -64,6 +64,7 @@ class Variable:
         name: str | None = None,
         parents: Iterable["Variable"] = (),
         required: Iterable[str] | None = None,
+        validate: "Callable[[str], str | None] | None" = None,
     ) -> None:
         if not isinstance(role, str) or not role.strip():
             raise ValueError("Variable needs a role: a short description of what the value is, e.g. role='system prompt'")
@@ -90,6 +91,8 @@ class Variable:
         #: be scored without the input, and a small model would game the metric by echoing a label.
         self.required: frozenset[str] = frozenset(required) if required is not None else (
             template_fields(value) if isinstance(value, str) and "template" in role.lower() else frozenset())
+        #: Optional rule for new values: returns why a value is refused (optimizers re-ask once with it), or None.
+        self.validate = validate
         self.gradients: list[Gradient] = []
         self.grad_fn: "Function | None" = None
         self.ctx: "OpContext | None" = None
@@ -178,7 +181,13 @@ def template_fields(text: str) -> frozenset[str]:
 
 
 def missing_fields(param: Variable, value: Any) -> tuple[str, str] | None:
-    """("missing field", reason) when text `value` lacks a `{field}` that `param` declares, else None."""
+    """("missing field", reason) when text `value` lacks a `{field}` that `param` declares, ("invalid", reason)
+    when the variable's own `validate` refuses it, else None."""
+    rule = getattr(param, "validate", None)
+    if rule is not None and isinstance(value, str):
+        why = rule(value)
+        if why:
+            return ("invalid", f"the proposed value was refused: {why}")
     required = getattr(param, "required", frozenset())
     if not required or not isinstance(value, str):
         return None

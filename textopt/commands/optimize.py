@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--engine", default=D["engine"],
                    help="engine spec: local, local:<path.gguf>, openai:<model>, litellm:<model>, or fake (an offline "
                         "deterministic stand-in for trying the machinery; its answers are noise) (default: local)")
-    p.add_argument("--backward-engine", default=None, help="engine for feedback and updates (default: --engine)")
+    p.add_argument("--backward-engine", default=None, help="engine for feedback and updates (default: --engine; with --engine local, the 1.5B reflection model local:reflect when installed)")
     p.add_argument("--base-url", default=None, help="base URL of an OpenAI-compatible server (with --engine openai:<model>)")
     p.add_argument("--task", default=D["task"],
                    help=f"built-in task ({', '.join(TASKS)}) or a .jsonl/.csv file with question and answer columns "
@@ -87,6 +87,8 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"task: {result['task']} on {result['engine']} with {result.get('optimizer', 'tgd')} "
           f"({result['eval_size']} held-out examples)")
+    if result.get("backward_engine") and result["backward_engine"] != result["engine"]:
+        print(f"feedback and proposals by: {result['backward_engine']}")
     ci = lambda c: f" (95% CI {c[0]:.2f}-{c[1]:.2f})" if c else ""  # noqa: E731
     print(f"accuracy before: {f(result['accuracy_before'])}{ci(result.get('ci95_before'))}")
     print(f"accuracy after:  {f(result['accuracy_after'])}{ci(result.get('ci95_after'))}")
@@ -108,6 +110,10 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     print(f"tokens: {t['total_tokens']} ({t['prompt_tokens']} prompt + {t['completion_tokens']} completion) "
           f"in {t['calls']} calls, {t['cached_calls']} served by the cache; {result['seconds']} s"
           + (f"; {format_cost(cost, known)}" if cost or not known else ""))
+    by_engine = result.get("tokens_by_engine") or {}
+    if len(by_engine) > 1:
+        print("tokens per model: " + "; ".join(f"{name} {u['total_tokens']} in {u['calls']} calls"
+                                              for name, u in by_engine.items()))
     print(f"failed updates: {result['failed_updates']}" + (f" (last: {result['failures'][-1]})" if result.get("failures") else ""))
     if result.get("initial_prompt") is not None and result["initial_prompt"] != result["final_prompt"]:
         print("initial prompt:")

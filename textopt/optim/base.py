@@ -378,7 +378,7 @@ def _storable(text: str, limit: int) -> str:
 
 
 #: Failures asked again at once (the next temperature), naming the reason: a fixable slip, not a bad idea.
-RE_ASK = frozenset({"no change", "missing field"})
+RE_ASK = frozenset({"no change", "missing field", "invalid"})
 
 
 def _unescape(value: Any) -> Any:
