@@ -156,10 +156,11 @@ def test_text_only_engines_raise_one_clear_error_before_any_call(tmp_path):
 
     from textopt.engines.local import LocalEngine
 
+    (tmp_path / "never-loaded.gguf").write_bytes(b"")     # exists (the path is checked eagerly) but is never loaded
     local = LocalEngine(model_path=tmp_path / "never-loaded.gguf")  # the error comes before the model is loaded
     with pytest.raises(to.ImagesNotSupported, match="local engine runs a text-only model"):
         local.complete([{"role": "user", "content": [to.Image(PNG)]}])
-    assert local._llama is None and local.usage.calls == 0
+    assert local._worker is None and local.usage.calls == 0  # no worker started, no model loaded
 
 
 def test_openai_engine_images_default_by_server():

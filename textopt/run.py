@@ -566,6 +566,13 @@ def check_not_busy(run_dir: str | Path) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------------
+def usage_columns(usage: "Usage") -> dict[str, Any]:
+    """The per-row usage columns of a step (tokens, calls, cached_calls, cost_usd), shared by every loop."""
+    return {"tokens": usage.total_tokens, "calls": usage.calls, "cached_calls": usage.cached_calls,
+            "cost_usd": round(float(getattr(usage, "cost_usd", 0.0) or 0.0), 8),
+            **({"cost_known": False} if getattr(usage, "cost_known", True) is False else {})}
+
+
 class Run:
     """One run directory (or none: run_dir=None keeps accounting, budgets and callbacks in memory)."""
 
@@ -665,13 +672,6 @@ class Run:
         self.totals["cost_usd"] = round(self.totals["cost_usd"] + float(u.get("cost_usd", 0.0) or 0.0), 8)
         if u.get("cost_known", True) is False:
             self.totals["cost_known"] = False  # some call's price was unknown: cost_usd is a lower bound
-
-    @staticmethod
-    def usage_columns(usage: "Usage") -> dict[str, Any]:
-        """The per-row usage columns of a step: tokens, calls, cached_calls, cost_usd."""
-        return {"tokens": usage.total_tokens, "calls": usage.calls, "cached_calls": usage.cached_calls,
-                "cost_usd": round(float(getattr(usage, "cost_usd", 0.0) or 0.0), 8),
-                **({"cost_known": False} if getattr(usage, "cost_known", True) is False else {})}
 
     def stop_reason(self, *, step: int, total_steps: int | None, metric_calls: int | None = None) -> str | None:
         """"completed" once step >= total_steps, a "budget_*" reason once a budget is spent, else None."""

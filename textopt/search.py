@@ -29,6 +29,7 @@ from .evaluate import EvalReport, Metric, Scored, score_examples
 from .search_pool import (
     Candidate, SearchState, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent,
 )
+from .run import usage_columns
 from .search_reflect import Reflector
 from .variable import Variable
 
@@ -205,7 +206,7 @@ class Search:
         except BaseException:
             self.load_state_dict(saved)
             raise
-        row.update(self.run.usage_columns(usage), seconds=round(time.perf_counter() - start, 3),
+        row.update(usage_columns(usage), seconds=round(time.perf_counter() - start, 3),
                    metric_calls=self.run.metric_calls, best_val=self.state.best().val, pool=len(self.state.pool))
         self.state.rows.append(row)
         self._checkpoint()  # on disk before anyone hears of it

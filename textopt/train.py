@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from ._sync import run_sync
 from .errors import BudgetExceeded, EngineError
-from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec
+from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec, usage_columns
 from .variable import Variable
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ class Trainer:
             val = (await self.evaluate(self.val, "val_step0")).mean if self.val else None
         self.state.best_val, self.state.baseline_done = val, True
         self._record({"step": 0, "epoch": 0, "train": None, "val": val, "best_val": val, "accepted": True,
-                      **Run.usage_columns(usage), "seconds": round(time.perf_counter() - start, 3), "failures": 0})
+                      **usage_columns(usage), "seconds": round(time.perf_counter() - start, 3), "failures": 0})
 
     async def _one_step(self) -> None:
         from .ops.sum import sum as tsum
@@ -379,7 +379,7 @@ class Trainer:
         self.optimizer.zero_grad()
         st.global_step += 1
         self._record({"step": st.global_step, "epoch": st.epoch, "train": train_score, "val": val, "best_val": st.best_val,
-                      "accepted": accepted, **Run.usage_columns(usage), "seconds": round(time.perf_counter() - start, 3),
+                      "accepted": accepted, **usage_columns(usage), "seconds": round(time.perf_counter() - start, 3),
                       "failures": failures, "changed": changed, "reasoning": dict(getattr(report, "reasoning", {}) or {})})
 
     def _record(self, row: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from .._sync import run_sync
 from ..context import resolve_backward_engine, resolve_engine
 from ..engines.base import Engine
 from ..prompts import render_messages
-from ..run import Budgets, Callback, Run
+from ..run import Budgets, Callback, Run, usage_columns
 from .buffer import GradientBuffer
 from .corpus import Example, split
 from .judge import Judge
@@ -416,7 +416,7 @@ async def acoevolve(
                 await run.score("defense", dcand, "train")
                 run.pools["defense"].add(dcand)
                 history.append(await run.row(0, "initial", None, 0, 0.0))
-            history[-1].update(Run.usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
+            history[-1].update(usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
             done = 0
             rec.save_checkpoint(_state(run, history, 0, 0, None))
             rec.step(history[-1])
@@ -433,7 +433,7 @@ async def acoevolve(
                     imp = await run.phase(side, r)
                     improved.append(imp)
                     history.append(await run.row(r, side, imp, 0, 0.0))
-                history[-1].update(Run.usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
+                history[-1].update(usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
                 rec.check_failures(run.failures)  # a 401/403 on the optimizer engine ends the run
             rounds_run = r
             if not any(improved):
