@@ -18,7 +18,7 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     from textopt.datasets import TEMPLATES, load, render
 
     tpl = TEMPLATES["sentiment"]["one-word"]
-    return [[{"role": "user", "content": render(tpl, ex.input)}] for ex in load("sentiment", n=n, seed=7)]
+    return [[{"role": "user", "content": render(tpl, ex.question)}] for ex in load("sentiment", n=n, seed=7)]
 
 
 def in_process(msgs: list[list[dict[str, str]]], path: str, threads: int) -> tuple[list[str], list[float]]:
