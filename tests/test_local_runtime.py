@@ -223,3 +223,107 @@ def test_crashes_in_a_row_stop_the_run_instead_of_scoring_failures():
     with pytest.raises(EngineUnavailable, match="SIGSEGV"):
         engine.complete([{"role": "user", "content": "x"}])
     assert Crashing.calls == engine.unreachable_after
+
+
+# -- a run survives a crashed worker --------------------------------------------------------------------------
+class _CyclingProposer:
+    """Interface C by duck typing: each step puts the next of a fixed list of instructions in place, so the
+    search is the same on every run and only the real model's answers decide what it keeps."""
+
+    VARIANTS = ("Answer with one word: positive or negative.", "Is the review positive or negative? One word.",
+                "Reply positive or negative, nothing else.")
+
+    def __init__(self, params):
+        self.parameters, self.steps, self.temperatures = list(params), 0, (0.0,)
+
+    def zero_grad(self) -> None:
+        pass
+
+    async def abackward(self, output, feedback=None) -> None:
+        pass
+
+    async def astep(self, params=None):
+        (p,) = params
+        old, new = p.value, self.VARIANTS[self.steps % len(self.VARIANTS)]
+        self.steps += 1
+        p.set_value(new)
+        return type("Report", (), {"changed": {p.name: (old, new)}, "reasoning": {p.name: "scripted"}, "failures": []})()
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+def _sentiment_search(engine, run_dir, *, resume=False, kill_on_call=None):
+    """A tiny Search whose answers come from the real local model (concurrency 1, so calls are ordered).
+    kill_on_call=N: SIGKILL the worker while the N-th model call is in flight."""
+    import threading
+
+    import textopt as to
+    from textopt.datasets import label_metric, sentiment
+    from textopt.engines.local import INFERENCE_LOCK
+    from textopt.search import Search
+
+    prompt = to.Variable("Classify the review.", role="instruction before the review", requires_grad=True,
+                         name="instruction")
+    llm = to.LLM(engine, system_prompt=prompt, max_tokens=3)
+    calls = []
+
+    def killer() -> None:
+        while not INFERENCE_LOCK.locked():  # the call has taken the model: it is in flight
+            time.sleep(0.001)
+        os.kill(engine.worker_pid, signal.SIGKILL)
+
+    async def forward(ex):
+        calls.append(ex)
+        if len(calls) == kill_on_call:
+            threading.Thread(target=killer, daemon=True).start()
+        return await llm.acall(to.Variable(ex.question, role="review"))
+
+    data = sentiment(7, seed=4)
+    return Search([prompt], forward=forward, train=data[:3], val=data[3:], metric=label_metric("sentiment"),
+                  proposer=_CyclingProposer([prompt]), minibatch=2, iterations=3, merge=False, concurrency=1,
+                  run_dir=run_dir, resume=resume).fit()
+
+
+@pytest.mark.local
+def test_a_search_stops_at_a_worker_crash_and_resumes_to_the_same_result(model_path, tmp_path):
+    """Issue 21: a worker killed in the middle of a call stops the run at its last completed step (no call is
+    scored as a wrong answer), and `resume` ends where an uncrashed run ends. No cache: every answer is computed."""
+    from textopt.engines.local import LocalEngine, WorkerCrashed
+
+    engine = LocalEngine(model_path, cache=False, n_ctx=1024, retries=0)
+    try:
+        reference = _sentiment_search(engine, tmp_path / "ref")
+        with pytest.raises(WorkerCrashed, match="SIGKILL"):
+            _sentiment_search(engine, tmp_path / "run", kill_on_call=9)  # after the seed (4) and one mutation
+        state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+        assert 1 <= state["iteration"] < 3 and state.get("stopped") is None
+        resumed = _sentiment_search(engine, tmp_path / "run", resume=True)
+    finally:
+        engine.close()
+    assert [c.to_dict() for c in resumed.candidates] == [c.to_dict() for c in reference.candidates]
+    assert resumed.best == reference.best and resumed.stopped == reference.stopped
+    assert resumed.metric_calls == reference.metric_calls
+
+
+@pytest.mark.local
+def test_prefix_reuse_gives_the_replies_a_reset_gives(model_path):
+    """Issue 25: requests A, B, A, A, C (B and C share A's long prefix; A repeats at once and after B) give
+    byte-identical replies with the KV cache kept (the default) and with a reset before every call."""
+    from textopt.engines.local import LocalEngine
+
+    system = {"role": "system", "content": "You label movie reviews. Read the review, then answer with one word, "
+                                           "positive or negative, and nothing else."}
+    ask = lambda review: [system, {"role": "user", "content": f"Review: {review}\nLabel:"}]  # noqa: E731
+    a, b, c = ask("A warm, funny film."), ask("A warm, funny film, but far too long."), ask("Dull and cold.")
+    replies = {}
+    for reuse in (True, False):
+        engine = LocalEngine(model_path, cache=False, n_ctx=1024, reuse_prefix=reuse)
+        try:
+            replies[reuse] = [engine.complete(m, max_tokens=12, temperature=0.0).text for m in (a, b, a, a, c)]
+        finally:
+            engine.close()
+    assert replies[True] == replies[False] and all(r.strip() for r in replies[True]), replies

@@ -43,7 +43,9 @@ class EngineNotReady(TextoptError):
 class EngineUnavailable(TextoptError):
     """The provider answered none of an engine's last few calls (connection refused, key refused), so the
     run stops instead of scoring failures as results. Not an EngineError on purpose: code that records an
-    EngineError as one failed call and goes on (optimizers, evaluation) must let this one through."""
+    EngineError as one failed call and goes on (optimizers, evaluation) must let this one through. (A local
+    model's crashed worker is both: one EngineError to an interactive caller, a stop to a run, so that a
+    resumed run gives the result an uncrashed one would have.)"""
 
 
 class BudgetExceeded(TextoptError):

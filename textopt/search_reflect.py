@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from .errors import EngineError, ParseError
+from .errors import EngineError, EngineUnavailable, ParseError
 from .evaluate import Scored, _is_async
 from .optim.base import clean_value
 from .variable import Variable
@@ -92,6 +92,8 @@ class Reflector:
             seen = [old] + [v for v, _ in out]
             try:
                 proposals = await self.opt.propose([param], temperature=temperature, rejected={param.name: seen})
+            except EngineUnavailable:
+                raise  # a stop for the run, not one failed sample
             except (ParseError, EngineError):
                 failures += 1
                 continue

@@ -26,7 +26,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..errors import EngineError
+from ..errors import EngineError, EngineUnavailable
 from .base import Completion, Engine, Request
 from .models import MODELS, find_model, model_path
 
@@ -63,11 +63,12 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-class WorkerCrashed(EngineError):
+class WorkerCrashed(EngineError, EngineUnavailable):
     """The local model's worker process died in the middle of a call (a native crash, abort or kill).
     Not retried: on a build that doesn't fit the host every call would crash the same way. The next call
-    starts a fresh worker; after `unreachable_after` crashes in a row the engine raises EngineUnavailable,
-    so a run stops (resumable) instead of scoring crashes as wrong answers."""
+    starts a fresh worker. To a run it is also EngineUnavailable: evaluation, optimizers and Search stop at
+    the last completed step (`textopt resume` goes on) instead of scoring the crashed call as a wrong answer
+    or a failed update, which would change the result."""
 
     unreachable = True
 
@@ -198,8 +199,10 @@ class LocalEngine(Engine):
     """A local GGUF model run by llama.cpp in a worker process. `model` is a registered name
     ("smollm2-135m", "qwen2.5-coder-1.5b" alias "reflect", "qwen2.5-coder-0.5b") or a .gguf path.
     One call at a time per process (INFERENCE_LOCK); timeout= stops a call that hangs (the worker is
-    killed and restarted). reuse_prefix keeps llama.cpp's KV cache for the prompt prefix a call shares
-    with the previous one (off by default: see BENCHMARKS (k)). Calls cost $0."""
+    killed and restarted). reuse_prefix (on by default) keeps llama.cpp's KV cache for the prompt prefix a
+    call shares with the previous one, so a template's fixed part is read once: replies stayed byte-identical
+    to resetting before every call in every sequence measured (BENCHMARKS (k)); reuse_prefix=False resets.
+    Calls cost $0."""
 
     kind = "local"
     supports_json_schema = True
@@ -214,7 +217,7 @@ class LocalEngine(Engine):
         n_batch: int = 512,
         seed: int = 0,
         max_tokens: int | None = 256,
-        reuse_prefix: bool = False,
+        reuse_prefix: bool = True,
         load_timeout: float = 120.0,
         **kwargs: Any,
     ) -> None:

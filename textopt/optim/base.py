@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from .._sync import run_sync
-from ..errors import EngineError, ParseError, UpdateError
+from ..errors import EngineError, EngineUnavailable, ParseError, UpdateError
 from ..variable import Variable, missing_fields
 
 if TYPE_CHECKING:
@@ -197,6 +197,8 @@ class Optimizer:
             try:
                 with using_templates(self.templates):
                     proposals = await self.propose(todo, temperature=temperature, rejected=rejected)
+            except EngineUnavailable:
+                raise  # a stop for the run (a crashed local runtime), not one failed proposal
             except (ParseError, EngineError, RecursionError) as exc:  # RecursionError: a reply nested past any parser
                 who = todo[0].name if len(todo) == 1 else "*"
                 kind = "engine" if isinstance(exc, EngineError) else "reply"

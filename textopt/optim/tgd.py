@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ..backward import feedback_text
 from ..engines.base import Engine
-from ..errors import EngineError, ParseError
+from ..errors import EngineError, EngineUnavailable, ParseError
 from ..prompts import render_messages, using_templates
 from ..variable import Variable
 from .base import Optimizer, Proposal
@@ -99,6 +99,8 @@ class TGD(Optimizer):
                 max_tokens=self.max_tokens,
             )
             return Proposal(text_field(obj, "new_value"), reasoning=str(obj.get("reasoning") or ""), feedback=feedback, reply=reply)
+        except EngineUnavailable:
+            raise  # a stop for the run, not one failed proposal
         except (ParseError, EngineError) as exc:
             return exc
 
