@@ -29,7 +29,8 @@ def events(stdout: str) -> list[dict]:
 
 
 def cache_entries(cache: Path) -> int:
-    return len(list(cache.glob("*/*.json")))
+    """Entries, not the `.tmp-*.json` a SIGKILL in the middle of a cache write leaves (pathlib's glob matches dotfiles)."""
+    return len([p for p in cache.glob("*/*.json") if not p.name.startswith(".")])
 
 
 def kill_mid_run(run: Path, cache: Path, after_steps: int, extra_delay: float) -> None:
@@ -297,3 +298,26 @@ def test_task_and_optimizer_sizes_follow_the_job():
     assert (old["steps"], old["eval_size"], old["max_tokens"]) == (2, 6, 160) and "{input}" not in old["prompt"]
     assert recipes.resolve_args({"task": "categories", "optimizer": "tgd"})["max_tokens"] == 24
     assert recipes.resolve_args({"max_tokens": 40})["max_tokens"] == 40
+
+
+def test_the_result_and_the_report_split_the_wall_time(tmp_path, capsys):
+    """Issue 25: result.json says where the time went. Each fake call sleeps 20 ms, so the task model's share
+    is at least calls x 20 ms; the proposer (its own engine) is counted apart; the parts add up to the wall."""
+    from textopt.cli import main
+
+    run = tmp_path / "run"
+    assert main(["optimize", "--engine", "fake", "--backward-engine", "fake:proposer", "--latency", "0.02",
+                 "--optimizer", "search", "--steps", "2", "--batch-size", "2", "--eval-size", "3", "--val-size", "3",
+                 "--no-cache", "--out", str(run), "--json"]) == 0
+    result = json.loads((run / "result.json").read_text())
+    split, by_engine = result["time_split"], result["tokens_by_engine"]
+    task_calls = by_engine["fake"]["calls"]
+    proposer_calls = sum(u["calls"] for name, u in by_engine.items() if name != "fake")
+    assert task_calls >= 6 and proposer_calls >= 1, by_engine
+    assert split["task_model_s"] >= 0.9 * 0.02 * task_calls and split["proposer_s"] >= 0.9 * 0.02 * proposer_calls
+    parts = split["task_model_s"] + split["proposer_s"] + split["scoring_s"] + split["other_s"]
+    assert abs(parts - split["wall_s"]) < 0.05 and split["wall_s"] <= result["seconds"] + 0.05, split
+    capsys.readouterr()
+    assert main(["report", str(run), "--no-plot"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("time: "))
+    assert "task-model calls" in line and "proposer calls" in line and "scoring" in line and "other" in line

@@ -12,6 +12,7 @@ is raised, naming the example.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -19,9 +20,10 @@ import inspect
 import json
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 from .errors import BudgetExceeded, EngineUnavailable
 from .variable import Variable
@@ -33,6 +35,19 @@ BOOTSTRAP = 1000
 
 Forward = Callable[[Any], "Variable | str | Awaitable[Variable | str]"]
 Metric = Callable[[Any, Variable], Any]
+_scoring_clocks: contextvars.ContextVar[tuple[list[float], ...]] = contextvars.ContextVar("textopt_scoring", default=())
+
+
+@contextlib.contextmanager
+def time_scoring() -> Iterator[list[float]]:
+    """Sum the seconds spent inside metric functions in this scope (tasks included) into a one-item list:
+    the "scoring" share of a run's time (a sandboxed code test can cost more than the model call)."""
+    clock = [0.0]
+    token = _scoring_clocks.set(_scoring_clocks.get() + (clock,))
+    try:
+        yield clock
+    finally:
+        _scoring_clocks.reset(token)
 
 
 @dataclass
@@ -271,12 +286,16 @@ async def score_examples(
                 out = Variable(out, role="output of the forward function")
             if not isinstance(out, Variable):
                 raise TypeError(f"forward must return a textopt Variable (or str), got {type(out).__name__}")
+            started = time.perf_counter()
             try:
                 raw = default_metric(example, out) if metric is default_metric else await call(metric, example, out)
                 value, feedback = as_score(raw)
             except Exception as exc:
                 exc.add_note(f"textopt: the metric failed on example {i} ({_short(example)})")
                 raise
+            finally:
+                for clock in _scoring_clocks.get():
+                    clock[0] += time.perf_counter() - started
             return Scored(EvalRow(example, out.text, value, feedback), out)
 
     try:

@@ -416,7 +416,26 @@ class _PromptTask(Job):
             engine=self.backward_engine, max_tokens=160,
         ).acall(output)
 
-    def _result(self, before: Any, after: Any, start: float, usage: Any, run_usage: dict[str, Any]) -> dict[str, Any]:
+    def _start_clock(self) -> float:
+        """The run's start, and each engine's call time so far (the split counts only this run's)."""
+        self._seconds_at_start = {id(e): e.usage.seconds for e in (self.engine, self.backward_engine)}
+        return time.perf_counter()
+
+    def time_split(self, start: float, scoring: float) -> dict[str, float]:
+        """Where the run's wall time went: task-model calls, proposer calls (gradients and rewrites), the
+        metric functions, and everything else (graph, prompts, files, waiting). With one engine for both
+        roles its calls are all counted as task-model calls. Calls that overlap (concurrency) can sum past
+        the wall time; then `other` is 0."""
+        spent = lambda e: e.usage.seconds - self._seconds_at_start.get(id(e), 0.0)  # noqa: E731
+        wall = time.perf_counter() - start
+        task = spent(self.engine)
+        proposer = spent(self.backward_engine) if self.backward_engine is not self.engine else 0.0
+        split = {"wall_s": wall, "task_model_s": task, "proposer_s": proposer, "scoring_s": scoring,
+                 "other_s": max(0.0, wall - task - proposer - scoring)}
+        return {k: round(v, 2) for k, v in split.items()}
+
+    def _result(self, before: Any, after: Any, start: float, usage: Any, run_usage: dict[str, Any],
+                scoring: float = 0.0) -> dict[str, Any]:
         gain = paired_gain(before, after, seed=self.args["seed"])
         return {
             "task": self.args["task"], "engine": self.args["engine"], "optimizer": self.args["optimizer"],
@@ -426,7 +445,7 @@ class _PromptTask(Job):
             "eval_size": len(self.test), "val_size": len(self.val), "tokens": usage.to_dict(), "run_usage": dict(run_usage),
             "seconds": round(time.perf_counter() - start, 2), "final_prompt": self.prompt.value,
             "run_dir": str(self.run_dir) if self.run_dir else None, "backward_engine": self.args.get("backward_engine"),
-            "tokens_by_engine": self._tokens_by_engine(),
+            "tokens_by_engine": self._tokens_by_engine(), "time_split": self.time_split(start, scoring),
         }
 
     def _tokens_by_engine(self) -> dict[str, dict[str, Any]]:
@@ -499,11 +518,12 @@ class OptimizeJob(_PromptTask):
     async def arun(self) -> dict[str, Any]:
         """Score the initial prompt on the test set, train, score the final prompt; write result.json."""
         from .engines.usage import track_usage
+        from .evaluate import time_scoring
 
         trainer, run = self.trainer, self.trainer.run
         await self.aready()
-        start = time.perf_counter()
-        with run, track_usage() as usage:
+        start = self._start_clock()
+        with run, track_usage() as usage, time_scoring() as scoring:
             run.start(step=trainer.global_step, total_steps=trainer.total_steps, resumed=trainer.resumed,
                       run_dir=str(run.dir) if run.dir else None)
             current = self.prompt.value
@@ -523,7 +543,7 @@ class OptimizeJob(_PromptTask):
                 after = await trainer.evaluate(self.test, "test_after") if self.test else None
             answered(after, "scoring the final prompt")
             result = {
-                **self._result(before, after, start, usage, run.totals),
+                **self._result(before, after, start, usage, run.totals, scoring[0]),
                 "steps": len([r for r in history.rows if r["step"] > 0]), "rejected_steps": history.rejected,
                 "best_val": history.best_val, "stopped": history.stopped, "failed_updates": len(self.optimizer.failures),
                 "failures": [getattr(f, "error", str(f))[:300] for f in self.optimizer.failures[-5:]],
@@ -559,17 +579,18 @@ class SearchJob(_PromptTask):
 
     async def arun(self) -> dict[str, Any]:
         from .engines.usage import track_usage
+        from .evaluate import time_scoring
         from .run import Run
 
         side = Run(self.run_dir, kind="search", callbacks=self.search.callbacks)  # not opened: Search holds the lock
         await self.aready()
-        start = time.perf_counter()
-        with track_usage() as usage:
+        start = self._start_clock()
+        with track_usage() as usage, time_scoring() as scoring:
             before = await self._test("test_before", side)
             found = await self.search.afit()
             after = await self._test("test_after", side)
         result = {
-            **self._result(before, after, start, usage, found.usage),
+            **self._result(before, after, start, usage, found.usage, scoring[0]),
             "steps": found.iterations, "stopped": found.stopped, "best_val": found.best_val, "best_id": found.best_id,
             "pareto": found.pareto, "candidates": len(found.candidates), "metric_calls": found.metric_calls,
             "rejected_steps": [], "failed_updates": sum(int(r.get("failures") or 0) for r in found.rows), "failures": [],

@@ -91,3 +91,14 @@ def user_error(exc: BaseException) -> bool:
 def fail(command: str, message: str) -> int:
     print(f"textopt {command}: {message}", file=sys.stderr)
     return 2
+
+
+def time_split_line(split: dict[str, float] | None) -> str | None:
+    """result.json's time_split as one line: where the run's wall time went."""
+    if not split or not split.get("wall_s"):
+        return None
+    wall = split["wall_s"]
+    parts = [(name, split.get(key, 0.0)) for name, key in
+             (("task-model calls", "task_model_s"), ("proposer calls", "proposer_s"), ("scoring", "scoring_s"),
+              ("other", "other_s"))]
+    return f"time: {wall:.1f} s = " + ", ".join(f"{name} {s:.1f} s ({100 * s / wall:.0f}%)" for name, s in parts)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_common, callbacks, default_out
+from ._common import add_common, callbacks, default_out, time_split_line
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -114,6 +114,8 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     if len(by_engine) > 1:
         print("tokens per model: " + "; ".join(f"{name} {u['total_tokens']} in {u['calls']} calls"
                                               for name, u in by_engine.items()))
+    if time_split_line(result.get("time_split")):
+        print(time_split_line(result.get("time_split")))
     print(f"failed updates: {result['failed_updates']}" + (f" (last: {result['failures'][-1]})" if result.get("failures") else ""))
     if result.get("initial_prompt") is not None and result["initial_prompt"] != result["final_prompt"]:
         print("initial prompt:")

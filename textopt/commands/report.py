@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         text += (f"\n\ntest accuracy ({r.get('eval_size')} held-out examples): before {f(r.get('accuracy_before'))}, "
                  f"after {f(r.get('accuracy_after'))}")
+        from ._common import time_split_line
+
+        line = time_split_line(r.get("time_split"))
+        text += f"\n{line}" if line else ""
     text += "\n".join([""] + eval_section(run_dir, args.worst)) if (run_dir / "evals").is_dir() else ""
     if not args.no_plot and draw is not None:
         png = Path(args.png) if args.png else run_dir / "curves.png"

@@ -17,6 +17,7 @@ import contextvars
 import dataclasses
 import functools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
@@ -38,7 +39,8 @@ _account_lock = threading.Lock()
 class Completion:
     """What an engine returns: the text, the tokens and dollars it cost, and whether the cache served it.
 
-    cost_usd is None when the model's price is unknown (cached replies cost 0).
+    cost_usd is None when the model's price is unknown (cached replies cost 0). seconds is the wall time
+    of the provider call once the engine's own concurrency limit let it through (0 for a cached reply).
     """
 
     text: str
@@ -47,6 +49,7 @@ class Completion:
     cached: bool = False
     model: str = ""
     cost_usd: float | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -242,12 +245,13 @@ class Engine:
             return await self._fresh(request, None)
         completion, shared = await self._inflight.run(key, lambda: self._fresh(request, key))
         if shared:  # another caller's identical request paid for it: like a cache hit
-            return dataclasses.replace(completion, cached=True, cost_usd=0.0)
+            return dataclasses.replace(completion, cached=True, cost_usd=0.0, seconds=0.0)
         return completion
 
     async def _fresh(self, request: Request, key: str | None) -> Completion:
         async with self._loop_semaphore():
             self._check_reachable()  # calls queued behind the ones that found the server gone don't try again
+            started = time.perf_counter()
             try:
                 completion = await call_with_retries(self, request)
             except EngineError as exc:
@@ -258,6 +262,7 @@ class Engine:
                     self._dead_calls = 0  # the server answered, if with an error
                 raise
             self._dead_calls = 0
+        completion.seconds = time.perf_counter() - started
         completion.cost_usd = await self._cost(completion)
         if key is not None and self.cache is not None:
             self.cache.set(
@@ -314,7 +319,8 @@ class Engine:
     def _account(self, request: Request, completion: Completion) -> None:
         with _account_lock:  # callers on several threads may finish at once
             for usage in (self.usage, *active_trackers()):
-                usage.add(completion.prompt_tokens, completion.completion_tokens, completion.cached, completion.cost_usd)
+                usage.add(completion.prompt_tokens, completion.completion_tokens, completion.cached, completion.cost_usd,
+                          seconds=completion.seconds)
         self.history.append((request, completion))
 
     def __repr__(self) -> str:

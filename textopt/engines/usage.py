@@ -12,7 +12,9 @@ class Usage:
     """Tokens, calls and dollars. `cached_calls` were served from the cache and cost nothing.
 
     cost_usd sums the calls whose price is known (litellm's cost map; local and scripted models are $0);
-    cost_known turns False once a call's price was unknown, so cost_usd is then a lower bound.
+    cost_known turns False once a call's price was unknown, so cost_usd is then a lower bound. seconds sums
+    the wall time of the provider calls (where a run's time goes; concurrent calls overlap, so it can
+    exceed the elapsed time).
     """
 
     prompt_tokens: int = 0
@@ -21,17 +23,20 @@ class Usage:
     cached_calls: int = 0
     cost_usd: float = 0.0
     cost_known: bool = True
+    seconds: float = 0.0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add(self, prompt_tokens: int, completion_tokens: int, cached: bool, cost_usd: float | None = 0.0) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, cached: bool, cost_usd: float | None = 0.0,
+            seconds: float = 0.0) -> None:
         """Count one call; `cost_usd=None` means its price is unknown."""
         if cached:
             self.cached_calls += 1
             return
         self.calls += 1
+        self.seconds += seconds
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         if cost_usd is None:
@@ -48,6 +53,7 @@ class Usage:
             "cached_calls": self.cached_calls,
             "cost_usd": self.cost_usd,
             "cost_known": self.cost_known,
+            "seconds": round(self.seconds, 3),
         }
 
 
