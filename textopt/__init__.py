@@ -32,6 +32,7 @@ __all__ = [
     "evaluate", "aevaluate", "EvalReport", "Score",
     "Search",  # lazy: candidate search (issue 10)
     "FormattedLLMCall", "Image", "ImagesNotSupported",  # several fields, images (issue 15)
+    "humaneval",  # lazy: the HumanEval code task (issue 26; its data needs the [code] extra)
 ]
 
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -45,6 +46,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "datasets": ("textopt.datasets", None),
     "aegis": ("textopt.aegis", None),  # attack/defense co-evolution (issue 4)
     "Search": ("textopt.search", "Search"),  # candidate search (issue 10)
+    "humaneval": ("textopt.humaneval", None),  # code task: HumanEval problems, tests in the sandbox (issue 26)
 }
 
 
