@@ -201,7 +201,8 @@ class LocalEngine(Engine):
     One call at a time per process (INFERENCE_LOCK); timeout= stops a call that hangs (the worker is
     killed and restarted). reuse_prefix (on by default) keeps llama.cpp's KV cache for the prompt prefix a
     call shares with the previous one, so a template's fixed part is read once: replies stayed byte-identical
-    to resetting before every call in every sequence measured (BENCHMARKS (k)); reuse_prefix=False resets.
+    to resetting before every call in every sequence measured (BENCHMARKS (k)); reuse_prefix=False (or the
+    environment variable TEXTOPT_REUSE_PREFIX=0, for a whole CLI run) resets.
     Calls cost $0."""
 
     kind = "local"
@@ -217,7 +218,7 @@ class LocalEngine(Engine):
         n_batch: int = 512,
         seed: int = 0,
         max_tokens: int | None = 256,
-        reuse_prefix: bool = True,
+        reuse_prefix: bool | None = None,
         load_timeout: float = 120.0,
         **kwargs: Any,
     ) -> None:
@@ -229,7 +230,8 @@ class LocalEngine(Engine):
         self.n_threads = n_threads or default_threads()
         self.n_batch = n_batch
         self.seed = seed
-        self.reuse_prefix = reuse_prefix
+        self.reuse_prefix = (os.environ.get("TEXTOPT_REUSE_PREFIX", "1").strip() not in ("0", "false", "no")
+                             if reuse_prefix is None else reuse_prefix)
         self.load_timeout = load_timeout
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
