@@ -798,7 +798,8 @@ class RunTests(Function):
 @dataclass
 class Attempt:
     """One version of the code and what the tests said of it. update: 0 for the first attempt, k for the
-    version written by the k-th update."""
+    version written by the k-th update. checks / failed_checks: as in TestResult (how close a failing
+    version came, which a keep-best search ranks by)."""
 
     code: str
     passed: bool
@@ -806,6 +807,14 @@ class Attempt:
     status: str
     duration: float
     update: int = 0
+    checks: int = 0
+    failed_checks: int = 0
+
+    @classmethod
+    def of(cls, code: str, result: TestResult, update: int) -> "Attempt":
+        """The attempt for `code` from its test result."""
+        return cls(code, result.passed, result.feedback, result.status, result.duration, update, result.checks,
+                   result.failed_checks)
 
 
 @dataclass
@@ -926,7 +935,7 @@ async def aoptimize_code(
         async def tested(update: int) -> Variable:
             report = await op.acall(code, task)
             result: TestResult = report.ctx.saved["result"]  # type: ignore[union-attr]
-            run.attempts.append(Attempt(code.text, result.passed, result.feedback, result.status, result.duration, update))
+            run.attempts.append(Attempt.of(code.text, result, update))
             return report
 
         report = await tested(0)

@@ -102,6 +102,8 @@ class Job:
 
 Builder = Callable[..., Job]
 _REGISTRY: dict[str, Builder] = {}
+#: Recipes kept in modules of their own, imported on first use (each registers itself there).
+_ELSEWHERE = {"humaneval": "textopt.code_job"}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -113,16 +115,25 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_ELSEWHERE))
+
+
+def _lookup(name: str) -> Builder | None:
+    if name not in _REGISTRY and name in _ELSEWHERE:
+        import importlib
+
+        importlib.import_module(_ELSEWHERE[name])
+    return _REGISTRY.get(name)
 
 
 def build(spec: RunSpec | Mapping[str, Any], *, run_dir: str | Path | None = None, resume: bool = False,
           callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (), progress: bool | None = None) -> Job:
     """The Job for `spec` (a RunSpec or its dict)."""
     spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
-    if spec.recipe not in _REGISTRY:
+    builder = _lookup(spec.recipe)
+    if builder is None:
         raise RunError(f"unknown recipe {spec.recipe!r}; known: {', '.join(names())}")
-    return _REGISTRY[spec.recipe](spec, run_dir=run_dir, resume=resume, callbacks=list(callbacks), progress=progress)
+    return builder(spec, run_dir=run_dir, resume=resume, callbacks=list(callbacks), progress=progress)
 
 
 def resume(run_dir: str | Path, *, callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),

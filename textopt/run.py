@@ -213,6 +213,9 @@ def describe_row(row: Mapping[str, Any]) -> str:
     if "round" in row:
         head = f"round {row['round']} {row.get('side', '')}".rstrip()
         parts = [f"{k} {_fmt(row[k])}" for k in ("tpr", "tnr", "asr", "score_gain") if k in row]
+    elif "task_id" in row:  # a problem of a code run (textopt.code_job)
+        head = f"problem {row.get('step', '?')} {row['task_id']}"
+        parts = [str(row.get("outcome") or ("passed" if row.get("passed") else "failed"))]
     elif row.get("kind") in ("seed", "mutation", "merge"):  # a Search iteration
         head = f"iteration {row.get('step', '?')} {row['kind']}"
         parts = [f"{k} {_fmt(row[k])}" for k in ("parent_train", "train", "val", "best_val") if row.get(k) is not None]
@@ -327,6 +330,11 @@ class Progress(Callback):
             self._begin(f"search iteration {done + 1}" if seeded else "search: scoring the starting prompt on validation")
         elif run.kind == "aegis":
             self._begin(f"aegis round {done + 1}")
+        elif run.kind == "code":  # a problem of `textopt optimize --task humaneval`
+            if self._total and done >= self._total:
+                self._idle()
+            else:
+                self._begin(f"problem {done + 1}" + (f" of {self._total}" if self._total else ""))
         else:
             of = f" of {self._total}" if self._total else ""
             self._begin(f"{self.desc} step {done + 1}{of}")

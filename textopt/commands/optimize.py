@@ -4,6 +4,9 @@ The defaults are the README's main job: candidate search (`to.Search`) for a bet
 on the `sentiment` task with the embedded model, starting from a weak template, scored on held-out test
 examples before and after with 95% intervals (and the paired interval of the gain).
 
+`--task humaneval` is another job (the "humaneval" recipe, textopt.code_job): each problem's code is the
+Variable, optimized from its unit tests' report within `--updates` update calls; pass@1 before and after.
+
 A thin adapter over the "optimize" recipe (textopt.recipes): the arguments become the recipe's JSON
 arguments (stored in DIR/spec.json: engine spec strings only, never a key), so `textopt resume DIR`
 rebuilds the same run after a crash. The run directory is saved by default (runs/optimize-<time>).
@@ -21,22 +24,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     from ..datasets import TASKS
     from ..recipes import OPTIMIZE_DEFAULTS as D
     from ..recipes import OPTIMIZERS, SIZES
+    from ..code_job import CODE_DEFAULTS as C
 
     p = sub.add_parser("optimize", help="optimize a prompt on a built-in task (default: sentiment, with search)",
                        description="Optimize a prompt on a task; score it before and after on held-out examples. "
                        "Label tasks (sentiment, categories) train an instruction template rendered around each input "
                        "in the user turn; the other tasks train a system prompt.")
-    p.add_argument("--engine", default=D["engine"],
-                   help="engine spec: local, local:<path.gguf>, openai:<model>, litellm:<model>, or fake (an offline "
-                        "deterministic stand-in for trying the machinery; its answers are noise) (default: local)")
+    p.add_argument("--engine", default=None,
+                   help="engine spec: local, local:<name|path.gguf>, openai:<model>, litellm:<model>, or fake (an offline "
+                        "deterministic stand-in for trying the machinery; its answers are noise) (default: local; "
+                        f"with --task humaneval {C['engine']}, the coder model)")
     p.add_argument("--backward-engine", default=None, help="engine for feedback and updates (default: --engine; with --engine local, the 1.5B reflection model local:reflect when installed)")
     p.add_argument("--base-url", default=None, help="base URL of an OpenAI-compatible server (with --engine openai:<model>)")
     p.add_argument("--task", default=D["task"],
-                   help=f"built-in task ({', '.join(TASKS)}) or a .jsonl/.csv file with question and answer columns "
-                        f"(default: {D['task']})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"],
+                   help=f"built-in task ({', '.join(TASKS)}), a .jsonl/.csv file with question and answer columns, "
+                        f"or humaneval: code, not a prompt (needs pip install 'textopt[code]') (default: {D['task']})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help=f"search (a pool of candidates, TGD reflection), or tgd / optoprime under the Trainer "
-                        f"(default: {D['optimizer']})")
+                        f"(default: {D['optimizer']}). With --task humaneval (default: {C['optimizer']}): tgd or optoprime "
+                        "rewrite a failing problem's code from its test report, up to --updates times; search keeps the "
+                        "best version so far (most checks passed; a worse one is dropped) and proposes from it, with "
+                        "--proposer writing the proposals (a keep-best search, not textopt.search.Search)")
     label, other = SIZES["label"], SIZES["other"]
     sized = lambda k: f"default: {label[k]} for a label task with search, else {other[k]}"  # noqa: E731
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps; with search, mutations' worth of budget ({sized('steps')})")
@@ -54,15 +62,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"cap on each answer of the optimized LLM (default: {label['max_tokens']} for a label task, "
                         f"else {other['max_tokens']})")
-    p.add_argument("--update-tokens", type=int, default=D["update_tokens"],
-                   help=f"cap on each reply of the optimizer's update call (default: {D['update_tokens']})")
+    p.add_argument("--update-tokens", type=int, default=None,
+                   help=f"cap on each reply of the optimizer's update call (default: {D['update_tokens']}; "
+                        f"{C['update_tokens']} with --task humaneval)")
     p.add_argument("--proposer", choices=("tgd", "optoprime"), default=D["proposer"],
                    help="--optimizer search: what writes each proposal, TGD (feedback, then an update) or OptoPrime "
                         "(one call that sees the calls and their feedback) (default: tgd)")
     p.add_argument("--update-format", choices=("json", "text"), default=D["update_format"],
                    help="TGD's update reply: json (reasoning and the new value, under the engine's JSON grammar) or "
                         "text (the new value alone, plain text; no grammar for a small model to fight) (default: json)")
-    p.add_argument("--concurrency", type=int, default=D["concurrency"], help="forward passes in flight per batch (default: 8)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help=f"forward passes in flight per batch (default: {D['concurrency']})")
     p.add_argument("--budget-tokens", type=int, default=None, help="stop cleanly once this many paid tokens are spent")
     p.add_argument("--budget-calls", type=int, default=None, help="stop cleanly once this many paid calls are made")
     p.add_argument("--budget-usd", type=float, default=None, help="stop cleanly once this many dollars are spent")
@@ -71,6 +81,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=None, help="stop after this many steps without a validation gain")
     p.add_argument("--no-keep-best", dest="keep_best", action="store_false",
                    help="keep every update even when validation gets worse")
+    code = p.add_argument_group("--task humaneval (code)")
+    code.add_argument("--updates", type=int, default=None,
+                      help=f"update calls (optimizer steps) per failing problem (default: {C['updates']})")
+    code.add_argument("--problems", type=int, default=None,
+                      help="how many problems: a sample seeded by --seed, in HumanEval's order (default: 10)")
+    code.add_argument("--ids", default=None, help="exactly these problems, e.g. HumanEval/0,HumanEval/2 (or 0,2)")
+    code.add_argument("--timeout", type=float, default=None,
+                      help=f"seconds one run of a problem's tests may take in the sandbox (default: {C['timeout']:g})")
     p.add_argument("--latency", type=float, default=0.0, help="seconds per call of the fake engine (for tests)")
     p.add_argument("--out", default=None, help="run directory (default: runs/optimize-<time>); every step is "
                    "checkpointed there: continue with `textopt resume DIR`, summarize with `textopt report DIR`")
@@ -82,6 +100,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def print_result(result: dict[str, Any], as_json: bool) -> None:
     """The end of an optimize run: the result line in --json mode (already printed as an event), else text."""
     if as_json:
+        return
+    if result.get("task") == "humaneval":
+        from ..code_job import summary_text
+
+        print(summary_text(result))
         return
     t = result["tokens"]
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -126,12 +149,41 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
         print(f"run directory: {result['run_dir']} (report: textopt report {result['run_dir']})")
 
 
+#: Flags of the prompt jobs that --task humaneval has no use for, and the flags only it takes.
+PROMPT_ONLY = ("steps", "batch_size", "eval_size", "val_size", "train_size", "prompt", "patience",
+               "budget_metric_calls", "concurrency")
+CODE_ONLY = ("updates", "problems", "ids", "timeout")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def make_spec(args: argparse.Namespace) -> Any:
+    """The recipe and JSON arguments of this command line; a flag that doesn't fit the task is one line."""
+    from ..recipes import OPTIMIZE_DEFAULTS, RunSpec
+
+    if args.task == "humaneval":
+        from ..code_job import CODE_DEFAULTS
+
+        given = [flag(k) for k in PROMPT_ONLY if getattr(args, k) is not None] + ([] if args.keep_best else ["--no-keep-best"])
+        if given:
+            raise ValueError(f"{given[0]} does not apply to --task humaneval: each problem's code is optimized on its "
+                             "own tests with at most --updates update calls (pick problems with --problems N or --ids)")
+        return RunSpec("humaneval", {k: getattr(args, k) for k in CODE_DEFAULTS}, kind="code")
+    given = [flag(k) for k in CODE_ONLY if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"{given[0]} is for --task humaneval (code); with --task {args.task} use --steps, "
+                         "--eval-size and the other prompt options")
+    return RunSpec("optimize", {k: getattr(args, k) for k in OPTIMIZE_DEFAULTS},
+                   kind="search" if (args.optimizer or OPTIMIZE_DEFAULTS["optimizer"]) == "search" else "trainer")
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..recipes import OPTIMIZE_DEFAULTS, RunSpec, build
+    from ..recipes import build
 
     out = args.out or default_out("optimize")
-    spec = RunSpec("optimize", {k: getattr(args, k) for k in OPTIMIZE_DEFAULTS},
-                   kind="search" if args.optimizer == "search" else "trainer")
+    spec = make_spec(args)
     job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)  # every argument checked here
     job.ready()  # a missing key, a dead server, an unknown model: one line now, nothing written or spent
     job.prepare()  # the run directory and spec.json exist from here on: `textopt resume` works whenever it stops

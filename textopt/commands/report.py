@@ -76,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
         text = search_report(run_dir)
         draw = lambda path: plot_search(state, path)  # noqa: E731
+    elif kind == "code":
+        from ..code_job import report_text
+
+        text = report_text(run_dir, state)
+        draw = None
     elif kind == "aegis":
         text = aegis_text(run_dir, state)
         draw = None
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             text += f"\n\nfailed updates: {len(failures)} (last {min(len(failures), 3)}):"
             text += "".join(f"\n  step {f.get('step')} {f.get('variable')}: {_clip(f.get('error'), 200)}" for f in failures[-3:])
     result_path = run_dir / "result.json"
-    if result_path.exists() and kind != "aegis":
+    if result_path.exists() and kind not in ("aegis", "code"):
         r = json.loads(result_path.read_text(encoding="utf-8"))
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         text += (f"\n\ntest accuracy ({r.get('eval_size')} held-out examples): before {f(r.get('accuracy_before'))}, "

@@ -10,11 +10,15 @@ from typing import Any
 
 from ._common import add_common, callbacks
 
+#: Recipes whose results a command of another name prints (the command module that made the run).
+PRINTED_BY = {"humaneval": "optimize"}
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a run directory made by `textopt optimize` or `textopt aegis`")
     p.add_argument("run_dir", help="the run directory")
-    p.add_argument("--steps", type=int, default=None, help="change the total number of steps of an optimize run")
+    p.add_argument("--steps", type=int, default=None, help="change the total number of steps of an optimize run "
+                   "(a --task humaneval run has no steps: it goes on with its next problem)")
     p.add_argument("--rounds", type=int, default=None, help="change the number of rounds of an aegis run")
     p.add_argument("--budget-tokens", type=int, default=None, help="replace the token budget")
     p.add_argument("--budget-calls", type=int, default=None, help="replace the call budget")
@@ -39,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and note:
         print(note, file=sys.stderr, flush=True)
     result = job.run()
-    importlib.import_module(f"textopt.commands.{spec.recipe}").print_result(result, args.json)
+    command = PRINTED_BY.get(spec.recipe, spec.recipe)
+    importlib.import_module(f"textopt.commands.{command}").print_result(result, args.json)
     return 0
