@@ -142,7 +142,8 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
     for name, row in res["frameworks"].items():
         if row.get("available"):
             xs = [c for c in levels if str(c) in row["levels"]]
-            ax.plot(xs, [row["levels"][str(c)]["per_second"] for c in xs], "o-", label=LABEL.get(name, name))
+            ax.plot(xs, [row["levels"][str(c)]["per_second"] for c in xs], "o-",
+                    label=LABEL.get(name, name) + (" (earlier run)" if row.get("earlier_run") else ""))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xticks(levels, [str(c) for c in levels])
