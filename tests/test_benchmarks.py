@@ -95,6 +95,47 @@ def test_throughput_runs_c_requests_at_a_time(tiny_run):
     assert t["levels"]["1"]["max_in_flight"] == 1
     # the level is real, not a serial loop (how close to 32 it gets depends on the machine's load)
     assert t["levels"]["32"]["max_in_flight"] >= 8 and t["levels"]["64"]["max_in_flight"] >= 8
+    # the raw-client floor ran the same requests in the same run, and textopt's multiple of it is there
+    raw = h["raw"]
+    assert raw["available"] and "aiohttp" in raw["how"], raw
+    for c, row in raw["levels"].items():
+        assert row["calls"] == n and row["scored"] == n and row["errors"] == 0 and row["max_in_flight"] <= int(c), (c, row)
+        assert t["levels"][c]["x_raw"] > 0
+    assert "| raw client (floor) |" in tiny_run[1] and "textopt / raw: c=1: " in tiny_run[1]
+
+
+def test_throughput_keeps_rows_of_frameworks_not_run_now(monkeypatch):
+    """`--only textopt --workloads h` keeps the peers' earlier (h) rows, marked, without a raw multiple."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the workload logs through the harness (run.py)
+    throughput = _bench_module("throughput")
+    row = {"available": True, "how": "pool", "levels": {"8": {"seconds": 8.0, "per_second": 125.0, "x_limit": 1.28,
+                                                              "max_in_flight": 8}}}
+
+    class Fw:
+        def available(self, name: str) -> bool:
+            return False  # nothing runs now but the floor
+
+    class R:
+        fw, _n = Fw(), 0
+
+        def run(self, name, workload, cfg, timeout):
+            return {"available": True, "how": "bare", "runs": [{"concurrency": 8, "seconds": 7.0, "scored": 40}]}
+
+    class Lat:
+        latency = 0.05
+
+        def base_url(self, run_id):
+            return "http://127.0.0.1:9/run/x/v1"
+
+        def stats(self, run_id):
+            return type("S", (), {"calls": 40, "max_in_flight": 8})()
+
+    earlier = {"n": 40, "latency_s": 0.05, "frameworks": {"textgrad": row, "dspy": {"available": False, "reason": "x"}}}
+    res = throughput.wl_throughput(R(), Lat(), {"throughput_n": 40, "throughput_levels": [8]}, earlier=earlier)
+    assert res["raw"]["levels"]["8"]["seconds"] == 7.0
+    assert res["frameworks"] == {"textgrad": {**row, "earlier_run": True}}  # kept as it was, no x_raw
+    md = "\n".join(throughput.markdown(res))
+    assert "| TextGrad (earlier run) | pool | 8.00 s (1.28× limit, peak 8) |" in md and "| raw client (floor) |" in md
 
 
 def test_quality_keeps_the_budget_and_scores_the_final_prompt(tiny_run):

@@ -5,6 +5,7 @@ graph goes with them. There is no registry.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 _counter = itertools.count(1)
 
 
+@functools.lru_cache(maxsize=1024)  # every Variable made without a name asks; roles repeat (one per call site)
 def _slug(role: str) -> str:
     s = re.sub(r"[^a-z0-9]+", "_", role.lower()).strip("_")
     return (s[:32].rstrip("_") or "var")

@@ -32,24 +32,40 @@ class DiskCache:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_dir()
+        self._made: set[str] = set()  # sub-directories this object has made (or found), so not again per write
 
     def _file(self, key: str) -> Path:
         return self.path / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
         try:
-            with open(self._file(key), encoding="utf-8") as fh:
+            with open(os.path.join(self.path, key[:2], key + ".json"), encoding="utf-8") as fh:
                 return json.load(fh)
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None  # a torn or foreign file is a miss, never a crash
 
     def set(self, key: str, value: dict[str, Any]) -> None:
-        target = self._file(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+        """Write the entry atomically: a private temporary file in the same folder, then a rename over the
+        target. It runs once per fresh call on the event loop, so it costs what it must (create, write,
+        rename) and no more: the text is encoded once and written in one go."""
+        parent = os.path.join(self.path, key[:2])
+        target = os.path.join(parent, key + ".json")
+        data = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        if parent not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(value, fh, ensure_ascii=False)
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-", suffix=".json")
+        except FileNotFoundError:  # the folder was removed while this process ran: make it again
+            os.makedirs(parent, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-", suffix=".json")
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):

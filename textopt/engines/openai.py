@@ -91,8 +91,10 @@ class OpenAIEngine(Engine):
     def _new_client(self) -> Any:
         # The SDK retries on its own too; ours (tenacity) is the one policy, so turn theirs off.
         http = self._openai.DefaultAioHttpClient() if self.transport == "aiohttp" else None
-        return self._openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0,
-                                        http_client=http)
+        client = self._openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0,
+                                          http_client=http)
+        self._direct = _DirectChat.for_client(client) if self.transport == "aiohttp" else None
+        return client
 
     @property
     def _client(self) -> Any:
@@ -102,10 +104,10 @@ class OpenAIEngine(Engine):
         if bound is None:
             self._client_on = (loop, client)
             # closed on the loop it ran on when the engine goes away or at exit (aiohttp warns about open sessions)
-            weakref.finalize(self, _close_client, loop, client)
+            weakref.finalize(self, _close_client, loop, client, self._direct)
         elif bound is not loop:
             self._client_on = (loop, self._new_client())
-            weakref.finalize(self, _close_client, loop, self._client_on[1])
+            weakref.finalize(self, _close_client, loop, self._client_on[1], self._direct)
         return self._client_on[1]
 
     def cache_identity(self) -> dict[str, Any]:
@@ -184,10 +186,14 @@ class OpenAIEngine(Engine):
         return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}}
 
     async def _post(self, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        """POST /chat/completions through the SDK (auth, base URL, timeout, status errors as openai.APIError)."""
+        """POST /chat/completions (auth, base URL, timeout, status errors as openai.APIError): straight on
+        aiohttp where `_DirectChat` can send it as the SDK would, else through the SDK."""
+        client = self._client
+        if self._direct is not None:
+            return await self._direct.post(client, body, timeout)
         options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            resp = await self._client.post("/chat/completions", body=body, cast_to=self._httpx.Response, options=options)
+            resp = await client.post("/chat/completions", body=body, cast_to=self._httpx.Response, options=options)
         except self._openai.APITimeoutError as exc:
             raise self._connection_error(exc) from exc.__cause__
         try:
@@ -247,16 +253,123 @@ def _has_aiohttp() -> bool:
     return hasattr(openai, "DefaultAioHttpClient")  # openai >= 1.86 or so; older SDKs use httpx
 
 
-def _close_client(loop: asyncio.AbstractEventLoop, client: Any) -> None:
-    """Close an AsyncOpenAI client on the loop it served (from any thread; at exit, waits up to 2 s)."""
+def _close_client(loop: asyncio.AbstractEventLoop, client: Any, direct: "_DirectChat | None" = None) -> None:
+    """Close an AsyncOpenAI client (and the direct session beside it) on the loop it served (from any
+    thread; at exit, waits up to 2 s)."""
     if loop.is_closed() or not loop.is_running():
         return
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
+
+    async def close() -> None:
+        try:
+            await client.close()
+        finally:
+            if direct is not None:
+                await direct.close()
+
     if running is loop:
-        loop.create_task(client.close())
+        loop.create_task(close())
         return
     with contextlib.suppress(Exception):
-        asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=2)
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=2)
+
+
+class _DirectChat:
+    """The chat POST on a bare aiohttp session, sending what the SDK's `post` would send and raising what it
+    would raise, without its per-request machinery (options model, httpx Request/Response, cookie jar).
+
+    What is the SDK's: the headers (`default_headers` and `auth_headers` of the client, read once on the loop,
+    plus its retry-count and read-timeout headers), the URL (the client's `base_url` + chat/completions), the
+    JSON encoding (compact, UTF-8, no NaN), the time limits (connect / read / pool, as its aiohttp transport
+    maps them) and every error: a non-2xx reply becomes the SDK's own status error (same class and message),
+    a timeout `APITimeoutError`, a failed connection `APIConnectionError`. The session has the SDK's
+    connection limits. Used only where the SDK's path has nothing more to do: no proxy in the environment,
+    no query string in the base URL, no underscore in its host (the SDK's SNI work-around)."""
+
+    def __init__(self, client: Any) -> None:
+        import openai
+
+        self._openai = openai
+        self.url = str(client.base_url) + "chat/completions"
+        self._ssl: Any = None
+        if self.url.startswith("https:"):  # built here, off the loop, as the SDK's transport does
+            import httpx
+
+            self._ssl = httpx.create_ssl_context()
+        self._session: Any = None
+        self._headers: dict[str, str] | None = None
+
+    @classmethod
+    def for_client(cls, client: Any) -> "_DirectChat | None":
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(client.base_url))
+        proxies = urllib.request.getproxies()
+        if any(k in proxies for k in ("http", "https", "all")) or parts.query or "_" in (parts.hostname or ""):
+            return None
+        return cls(client)
+
+    def _session_and_headers(self, client: Any) -> tuple[Any, dict[str, str]]:
+        if self._session is None:  # on the textopt loop, at the first call (aiohttp binds it to that loop)
+            import aiohttp
+
+            limits = self._openai.DEFAULT_CONNECTION_LIMITS
+            connector = aiohttp.TCPConnector(limit=limits.max_connections, keepalive_timeout=limits.keepalive_expiry,
+                                             ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(connector=connector)
+            # the SDK's order (defaults win over auth), then the one header httpx adds that aiohttp doesn't
+            merged = {**client.auth_headers, **client.default_headers}
+            self._headers = {k: v for k, v in merged.items() if isinstance(v, str)}  # Omit() drops a header
+            self._headers.setdefault("Connection", "keep-alive")
+        assert self._headers is not None
+        return self._session, self._headers
+
+    async def post(self, client: Any, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        import aiohttp
+        import httpx
+
+        o = self._openai
+        session, headers = self._session_and_headers(client)
+        limit = httpx.Timeout(timeout if timeout is not None else client.timeout)
+        headers = {**headers, "x-stainless-retry-count": "0"}
+        if limit.read is not None:
+            headers["x-stainless-read-timeout"] = str(limit.read)
+        data = _dumps(body)
+        try:
+            async with session.post(self.url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(
+                    sock_connect=limit.connect, sock_read=limit.read, connect=limit.pool)) as resp:
+                status, reply_headers, raw = resp.status, resp.headers, await resp.read()
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise o.APITimeoutError(request=httpx.Request("POST", self.url)) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise o.APIConnectionError(message=f"Connection error: {exc}", request=httpx.Request("POST", self.url)) from exc
+        if not 200 <= status < 300:
+            # the body is already decoded: the headers that describe its encoding on the wire are left out
+            kept = [(k, v) for k, v in reply_headers.items()
+                    if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+            response = httpx.Response(status, headers=kept, content=raw, request=httpx.Request("POST", self.url))
+            raise client._make_status_error_from_response(response)
+        try:
+            data_out = json.loads(raw)
+        except ValueError:
+            raise ValueError(f"the server sent a reply that is not JSON: {raw.decode('utf-8', 'replace')[:200]!r}") from None
+        if not isinstance(data_out, dict):
+            raise ValueError(f"the server sent a reply that is not a JSON object: {str(data_out)[:200]}")
+        return data_out
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """The request body as the SDK encodes it (its own encoder where it has one: the same bytes)."""
+    try:
+        from openai._utils._json import openapi_dumps
+    except ImportError:  # another SDK layout: the same settings (httpx's), without the SDK's extra types
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return openapi_dumps(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +26,25 @@ def attempt_limit(engine: "Engine", started: float) -> float | None:
     return min(limits) if limits else None
 
 
+def attempt_request(request: "Request", limit: float | None) -> "Request":
+    """The request one attempt sends: a copy, so a provider that changes it can't change the caller's (whose
+    messages are the cache key and the history). Text messages and plain options are copied one level, which
+    for strings and numbers is all a deep copy would do; anything else (images, lists) is copied deeply."""
+    messages = [m.copy() if _atoms(m) else copy.deepcopy(m) for m in request.messages]
+    options = request.options.copy() if _atoms(request.options) else copy.deepcopy(request.options)
+    schema = copy.deepcopy(request.json_schema) if request.json_schema is not None else None
+    return dataclasses.replace(request, messages=messages, options=options, json_schema=schema, timeout=limit)
+
+
+def _atoms(d: dict[str, Any]) -> bool:
+    return all(v is None or type(v) in _ATOMS for v in d.values())
+
+
+_ATOMS = (str, int, float, bool)
+
+
 async def one_attempt(engine: "Engine", request: "Request", limit: float | None) -> "Completion":
-    req = copy.deepcopy(request)
-    req.timeout = limit
+    req = attempt_request(request, limit)
     if limit is None:
         return await engine._acomplete(req)
     try:
@@ -40,10 +57,19 @@ async def one_attempt(engine: "Engine", request: "Request", limit: float | None)
 
 
 async def call_with_retries(engine: "Engine", request: "Request") -> "Completion":
-    """`engine._acomplete(request)` under the engine's timeout, max_time and retry policy."""
+    """`engine._acomplete(request)` under the engine's timeout, max_time and retry policy.
+
+    The first attempt is made directly: setting up tenacity costs more CPU than the rest of a call's own
+    bookkeeping, and most calls succeed at once. A first attempt that fails is handed to the same tenacity
+    loop as its first attempt (re-raised there, not sent again), so which errors are retried, how often,
+    how long it waits and when it stops are exactly as if tenacity had made it."""
+    started = time.monotonic()
+    try:
+        return await one_attempt(engine, request, attempt_limit(engine, started))
+    except Exception as exc:  # EngineError included: tenacity below decides, as it always did
+        first: Exception | None = exc
     from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-    started = time.monotonic()
     stop: Any = stop_after_attempt(engine.retries + 1)
     if engine.max_time is not None:
         max_time = engine.max_time
@@ -58,6 +84,9 @@ async def call_with_retries(engine: "Engine", request: "Request") -> "Completion
         ):
             with attempt:
                 attempts += 1
+                if first is not None:  # the direct first attempt's failure, as tenacity's attempt 1
+                    failed, first = first, None
+                    raise failed
                 return await one_attempt(engine, request, attempt_limit(engine, started))
     except EngineError:
         raise

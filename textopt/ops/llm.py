@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from ..context import resolve_engine
 from ..engines.base import Engine
 from ..function import Feedback, Function, OpContext, OpDescription, require_text
+from ..image import Image
 from ..prompts import render_messages
 from ..variable import Variable
 
@@ -36,8 +37,6 @@ class LLMCall(Function):
         messages = []
         if system is not None:
             messages.append({"role": "system", "content": require_text(system, "LLM call")})
-        from ..image import Image
-
         # an image input goes to the model as image content (engines that can't take it fail before the call)
         messages.append({"role": "user", "content": user.value if isinstance(user.value, Image) else require_text(user, "LLM call")})
         engine = resolve_engine(self.engine)
