@@ -49,12 +49,42 @@ def worker(msgs: list[list[dict[str, str]]], path: str, threads: int, reuse: boo
     return out, times
 
 
+def evaluation(n: int, reuse: bool) -> dict[str, object]:
+    """Wall time of a `to.evaluate` of n sentiment examples on SmolLM2 (the main job's scoring step)."""
+    import textopt as to
+    from textopt.datasets import TEMPLATES, label_metric, load, render
+    from textopt.engines.local import LocalEngine, smollm2_path
+
+    engine = LocalEngine(smollm2_path(), cache=False, reuse_prefix=reuse, max_tokens=24)
+    engine.complete([{"role": "user", "content": "Hi"}], max_tokens=1)  # load outside the timing
+    tpl = TEMPLATES["sentiment"]["one-word"]
+
+    async def forward(ex):
+        reply = await engine.acomplete([{"role": "user", "content": render(tpl, ex.question)}], temperature=0.0)
+        return to.Variable(reply.text, role="answer")
+
+    t = time.perf_counter()
+    report = to.evaluate(forward, load("sentiment", n=n, seed=1000), label_metric("sentiment"))
+    seconds = time.perf_counter() - t
+    engine.close()
+    return {"seconds": round(seconds, 2), "accuracy": report.mean, "outputs": [r.output for r in report.rows]}
+
+
 def main() -> None:
     from textopt.engines.local import default_threads, smollm2_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--eval", type=int, default=0, help="instead: time an evaluation of N examples with and without reuse")
     args = ap.parse_args()
+    if args.eval:
+        load = os.getloadavg()[0]
+        off, on = evaluation(args.eval, False), evaluation(args.eval, True)
+        print(json.dumps({"examples": args.eval, "load_1min_at_start": round(load, 2),
+                          "load_1min_at_end": round(os.getloadavg()[0], 2), "reset_s": off["seconds"],
+                          "reuse_s": on["seconds"], "accuracy_reset": off["accuracy"], "accuracy_reuse": on["accuracy"],
+                          "outputs_identical": off["outputs"] == on["outputs"]}, indent=1))
+        return
     msgs = prompts(args.calls)
     path, threads = str(smollm2_path()), default_threads()
     load = os.getloadavg()[0]
