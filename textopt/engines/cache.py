@@ -32,7 +32,9 @@ class DiskCache:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_dir()
-        self._made: set[str] = set()  # sub-directories this object has made (or found), so not again per write
+        # sub-directories this object has made (or found), so not again per write; no annotation: pdoc
+        # would read `set` in it as the method below
+        self._made = set()
 
     def _file(self, key: str) -> Path:
         return self.path / key[:2] / f"{key}.json"
