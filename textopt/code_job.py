@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from .humaneval import outcome, rank  # noqa: F401  (re-exported: how the job ranks and describes a version)
 from .recipes import Job, RunSpec, check_new_run_dir, make_engine, register
 from .run import Budgets, RunError, has_run
 
@@ -129,37 +130,6 @@ def load_problems(a: Mapping[str, Any]) -> list["Problem"]:
 
 
 # -- the keep-best search ------------------------------------------------------------------------------
-def rank(attempt: "Attempt") -> float:
-    """How close a version came: 2 when every test passes, else the share of its checks that passed (for a
-    run that got through the tests), else 0 (does not compile, no such function, timeout, crash)."""
-    if attempt.passed:
-        return 2.0
-    if attempt.status == "failed" and attempt.checks:
-        return (attempt.checks - attempt.failed_checks) / attempt.checks
-    return 0.0
-
-
-def outcome(attempt: "Attempt") -> str:
-    """A few words on what the tests said of one version."""
-    if attempt.passed:
-        return "passes every test"
-    if attempt.status == "failed" and attempt.checks:
-        return f"{attempt.failed_checks} of {attempt.checks} checks failed"
-    return {"syntax": "does not compile", "missing": "defines no function of that name", "timeout": "timed out",
-            "crash": "crashed the test process", "error": "raised while it was loaded"}.get(attempt.status, attempt.status)
-
-
-def _optimizer(kind: str, code: Any, problem: "Problem", engine: Any, options: Mapping[str, Any]) -> Any:
-    """TGD or OptoPrime over the code, with the problem's constraint first (as `aoptimize_code` does)."""
-    from .optim import TGD, OptoPrime
-    from .prompts import render
-
-    opts = dict(options)
-    constraint = render("humaneval_feedback.j2", "constraint", entry_point=problem.entry_point)
-    opts["constraints"] = [constraint, *opts.get("constraints", ())]
-    return (TGD if kind == "tgd" else OptoPrime)([code], engine=engine, **opts)
-
-
 async def akeep_best(
     problem: "Problem", engine: "Engine | str | None", *, first_attempt: str, proposer: str = "tgd",
     max_updates: int = 3, timeout: float = 10.0, sandbox: "Sandbox | None" = None,
@@ -167,47 +137,12 @@ async def akeep_best(
 ) -> tuple["CodeRun", int]:
     """Keep-best search on one problem's code (see the module docstring): the CodeRun with every version
     tested, and the index of the final (best) one in its attempts. engine writes the proposals."""
-    from .engines.usage import track_usage
-    from .humaneval import Attempt, CodeRun, RunTests, code_variable
-    from .prompts import render
-    from .variable import Variable
+    from .humaneval import aoptimize_code
 
-    run = CodeRun(problem.task_id, "search")
-    with track_usage() as usage:
-        code = code_variable(problem, first_attempt)
-        task = Variable(problem.prompt, role=f"statement of {problem.task_id}: imports, signature and docstring",
-                        name="task")
-        op = RunTests(problem, timeout=timeout, sandbox=sandbox)
-        opt = _optimizer(proposer, code, problem, engine, optimizer_options or {})
-
-        async def tested(update: int) -> Any:
-            report = await op.acall(code, task)
-            run.attempts.append(Attempt.of(code.text, report.ctx.saved["result"], update))
-            return report
-
-        best_report, best = await tested(0), 0
-        dropped: list[Attempt] = []
-        while not run.attempts[best].passed and opt.steps < max_updates:
-            Variable.set_value(code, run.attempts[best].code)  # past the check: the best may be the first attempt
-            opt.zero_grad()
-            feedback = render("humaneval_feedback.j2", "verdict", task_id=problem.task_id)
-            if dropped:
-                feedback += "\n\n" + render("humaneval_search.j2", "dropped",
-                                            dropped=[{"code": d.code, "outcome": outcome(d)} for d in dropped])
-            await opt.abackward(best_report, feedback)
-            step = await opt.astep()
-            if not step.changed:
-                continue
-            report = await tested(opt.steps)
-            if rank(run.attempts[-1]) >= rank(run.attempts[best]):
-                best_report, best, dropped = report, len(run.attempts) - 1, []
-            else:
-                dropped.append(run.attempts[-1])
-        Variable.set_value(code, run.attempts[best].code)
-        run.updates = opt.steps
-        run.failures = list(opt.failures)
-    run.usage = usage.to_dict()
-    return run, best
+    run = await aoptimize_code(problem, engine, optimizer=proposer, max_updates=max_updates, first_attempt=first_attempt,
+                               timeout=timeout, sandbox=sandbox, optimizer_options=optimizer_options, keep_best=True)
+    run.optimizer = "search"
+    return run, run.final
 
 
 # -- the job -------------------------------------------------------------------------------------------
@@ -329,7 +264,7 @@ class CodeJob(Job):
                 problem, self.engine, optimizer=a["optimizer"], max_updates=a["updates"], first_attempt=first,
                 optimizer_engine=self.backward_engine, timeout=a["timeout"], sandbox=sandbox,
                 optimizer_options=self._optimizer_options(a["optimizer"]))
-            final = len(code_run.attempts) - 1
+            final = code_run.final
         wall = time.perf_counter() - start
         spent: dict[str, dict[str, Any]] = {}
         for (label, engine), was in zip(engines, before):

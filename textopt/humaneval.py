@@ -828,11 +828,13 @@ class CodeRun:
     updates: int = 0
     failures: list[UpdateFailure] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)
+    #: Index in `attempts` of the version the run ends on: the last one, or with keep_best the best one.
+    final: int = 0
 
     @property
     def passed(self) -> bool:
-        """True when the last version passes every test."""
-        return bool(self.attempts) and self.attempts[-1].passed
+        """True when the final version passes every test."""
+        return bool(self.attempts) and self.attempts[self.final].passed
 
     @property
     def first_passed(self) -> bool:
@@ -841,12 +843,12 @@ class CodeRun:
 
     @property
     def code(self) -> str:
-        """The last version of the code."""
-        return self.attempts[-1].code if self.attempts else ""
+        """The final version of the code."""
+        return self.attempts[self.final].code if self.attempts else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "optimizer": self.optimizer, "passed": self.passed,
-                "first_passed": self.first_passed, "updates": self.updates,
+                "first_passed": self.first_passed, "updates": self.updates, "final": self.final,
                 "attempts": [asdict(a) for a in self.attempts], "failures": [asdict(f) for f in self.failures],
                 "usage": dict(self.usage)}
 
@@ -885,6 +887,26 @@ def code_variable(problem: Problem, code: str) -> Variable:
     return var
 
 
+def rank(attempt: Attempt) -> float:
+    """How close a version came: 2 when every test passes, else the share of its checks that passed (for a
+    run that got through the tests), else 0 (does not compile, no such function, timeout, crash)."""
+    if attempt.passed:
+        return 2.0
+    if attempt.status == "failed" and attempt.checks:
+        return (attempt.checks - attempt.failed_checks) / attempt.checks
+    return 0.0
+
+
+def outcome(attempt: Attempt) -> str:
+    """A few words on what the tests said of one version."""
+    if attempt.passed:
+        return "passes every test"
+    if attempt.status == "failed" and attempt.checks:
+        return f"{attempt.failed_checks} of {attempt.checks} checks failed"
+    return {"syntax": "does not compile", "missing": "defines no function of that name", "timeout": "timed out",
+            "crash": "crashed the test process", "error": "raised while it was loaded"}.get(attempt.status, attempt.status)
+
+
 OPTIMIZERS = ("tgd", "optoprime")
 
 
@@ -900,6 +922,7 @@ async def aoptimize_code(
     sandbox: Sandbox | None = None,
     max_tokens: int = 1024,
     optimizer_options: Mapping[str, Any] | None = None,
+    keep_best: bool = False,
 ) -> CodeRun:
     """Test-time optimization of one problem's code: test the first attempt (`first_attempt`, else written by
     `engine`), and while it fails and fewer than `max_updates` updates were made: backward from the test
@@ -908,7 +931,9 @@ async def aoptimize_code(
     request, plus at most one re-ask when its proposal can't be used and one JSON repair. A step whose
     proposal was refused leaves the code as it was (not tested again) and still counts.
     max_tokens caps the reply of the first attempt; optimizer_options go to the optimizer (constraints are
-    added to the built-in one; memory=..., reply=..., max_tokens=...)."""
+    added to the built-in one; memory=..., reply=..., max_tokens=...). keep_best: each update starts from the
+    version that passed most checks so far, a worse one is dropped and named in the next request, and the
+    run ends on the best version (`CodeRun.final`)."""
     from .engines.usage import track_usage
     from .optim import TGD, OptoPrime
     from .prompts import render
@@ -939,13 +964,26 @@ async def aoptimize_code(
             return report
 
         report = await tested(0)
-        while not run.attempts[-1].passed and opt.steps < max_updates:
+        dropped: list[Attempt] = []
+        while not run.attempts[run.final].passed and opt.steps < max_updates:
+            if keep_best:  # past the check: the best may be a first attempt that doesn't compile
+                Variable.set_value(code, run.attempts[run.final].code)
             opt.zero_grad()
-            verdict = render("humaneval_feedback.j2", "verdict", task_id=problem.task_id)
-            await opt.abackward(report, verdict)
+            feedback = render("humaneval_feedback.j2", "verdict", task_id=problem.task_id)
+            if dropped:
+                feedback += "\n\n" + render("humaneval_search.j2", "dropped",
+                                            dropped=[{"code": d.code, "outcome": outcome(d)} for d in dropped])
+            await opt.abackward(report, feedback)
             step = await opt.astep()
-            if step.changed:
-                report = await tested(opt.steps)
+            if not step.changed:
+                continue
+            new = await tested(opt.steps)
+            if not keep_best or rank(run.attempts[-1]) >= rank(run.attempts[run.final]):
+                report, run.final, dropped = new, len(run.attempts) - 1, []
+            else:
+                dropped.append(run.attempts[-1])
+        if keep_best:
+            Variable.set_value(code, run.attempts[run.final].code)
         run.updates = opt.steps
         run.failures = list(opt.failures)
     run.usage = usage.to_dict()
