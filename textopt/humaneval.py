@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from .confine import confined
 from .function import Feedback, Function, OpContext, OpDescription
 from .variable import Variable
 
@@ -324,7 +325,8 @@ def _check_program(program: str, prompt: str, test: str, entry_point: str, time_
                 if timed:
                     signal.signal(signal.SIGALRM, on_alarm)
                     signal.setitimer(signal.ITIMER_REAL, time_limit)
-                _execute(program, prompt, test, entry_point, result)
+                with confined(folder):  # its writes stay in its folder; it starts no process
+                    _execute(program, prompt, test, entry_point, result)
             finally:
                 if timed:
                     signal.setitimer(signal.ITIMER_REAL, 0)
