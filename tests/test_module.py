@@ -224,6 +224,17 @@ def test_sync_forward_is_called_as_is_and_acall_runs_it_in_a_thread():
     assert up("hi").text == "HI"
     assert run_sync(up.acall("ho")).text == "HO"
 
+    class AsyncUpper(Upper):  # a subclass may change the kind of forward; a __call__ of your own is kept
+        async def forward(self, x):
+            return await self.llm.acall(x)
+
+    class Custom(AsyncUpper):
+        def __call__(self, x):
+            return "custom"
+
+    assert inspect.iscoroutinefunction(AsyncUpper().__call__) and run_sync(AsyncUpper()("hey")).text == "HEY"
+    assert Custom()("x") == "custom"
+
 
 def _ancestors(v):
     seen, stack = [], [v]
