@@ -15,6 +15,7 @@ from .evaluate import EvalReport, Score, aevaluate, evaluate  # eager on purpose
 from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .loss import TextLoss
+from .module import Module
 from .image import Image, ImagesNotSupported
 from .ops import LLM, FormattedLLMCall, LLMCall, sum
 from .optim import TGD, OptoPrime, Optimizer, Proposal, StepReport, UpdateFailure
@@ -32,6 +33,7 @@ __all__ = [
     "evaluate", "aevaluate", "EvalReport", "Score",
     "Search",  # lazy: candidate search (issue 10)
     "FormattedLLMCall", "Image", "ImagesNotSupported",  # several fields, images (issue 15)
+    "Module",  # a pipeline of steps whose trainable text is found, saved and loaded as one
     "humaneval",  # lazy: the HumanEval code task (issue 26; its data needs the [code] extra)
 ]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .evaluate import EvalReport, Metric, Scored, score_examples
+from .module import Module, parameter_list
 from .search_pool import (
     Candidate, SearchState, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent,
 )
@@ -82,7 +83,7 @@ class SearchResult:
 
 
 class Search:
-    """Pareto-front candidate search over `parameters` (trainable Variables that `forward` reads).
+    """Pareto-front candidate search over `parameters` (trainable Variables that `forward` reads, or a Module).
 
     forward(example) -> Variable and metric(example, output) -> number | bool | None | Score may be sync or
     async; loss(example, output) -> Variable (optional) gives feedback when the metric gives none.
@@ -96,7 +97,7 @@ class Search:
     """
 
     def __init__(
-        self, parameters: Iterable[Variable], *, forward: Callable[[Any], Any], train: Sequence[Any], val: Sequence[Any],
+        self, parameters: Iterable[Variable] | Module, *, forward: Callable[[Any], Any], train: Sequence[Any], val: Sequence[Any],
         metric: Metric | None = None, loss: Callable[[Any, Variable], Any] | None = None, proposer: Any = "tgd",
         engine: "Engine | str | None" = None, minibatch: int = 3, proposals: int = 1, merge: bool | int = True,
         budget: int | None = None, budget_tokens: int | None = None, budget_usd: float | None = None,
@@ -106,9 +107,9 @@ class Search:
         callbacks: Sequence["Callback | Callable[[dict[str, Any]], Any]"] = (), progress: bool | None = None,
         spec: dict[str, Any] | None = None,
     ) -> None:
-        self.params = list(parameters)
+        self.params = parameter_list(parameters)  # a Module stands for its parameters()
         if not self.params or not all(isinstance(p, Variable) and p.requires_grad for p in self.params):
-            raise TypeError("Search needs a list of trainable Variables (requires_grad=True) that forward reads")
+            raise TypeError("Search needs a list of trainable Variables (requires_grad=True) that forward reads, or a Module holding them")
         if len({p.name for p in self.params}) != len(self.params):
             raise ValueError("two parameters share a name; give each Variable a unique name=...")
         self.train, self.val = list(train), list(val)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Se
 
 from .._sync import run_sync
 from ..errors import EngineError, EngineUnavailable, ParseError, UpdateError
+from ..module import Module, parameter_list
 from ..variable import Variable, missing_fields
 
 if TYPE_CHECKING:
@@ -106,13 +107,13 @@ class Optimizer:
     #: Placeholders of this optimizer's own templates, on top of PLACEHOLDERS.
     placeholders: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, parameters: Iterable[Variable], *, engine: "Engine | str | None" = None, strict: bool = False,
+    def __init__(self, parameters: Iterable[Variable] | Module, *, engine: "Engine | str | None" = None, strict: bool = False,
                  memory: int = 0, temperatures: Sequence[float | None] = (None, 0.7), max_value_chars: int = 20_000,
                  templates: "Mapping[str, str | os.PathLike[str]] | None" = None) -> None:
         from ..prompts import load_overrides
 
         self.templates = load_overrides(templates)  # checked now (and the override directory): a bad one fails here
-        params = list(parameters)
+        params = parameter_list(parameters)  # a Module stands for its parameters()
         if not params:
             raise ValueError("the optimizer got no parameters: pass the trainable Variables to optimize")
         names: set[str] = set()
@@ -181,8 +182,8 @@ class Optimizer:
         raise NotImplementedError
 
     # -- 3. applying proposals ----------------------------------------------------------------
-    async def astep(self, params: Sequence[Variable] | None = None) -> StepReport:
-        """One update of `params` (default: all). Failures are recorded, never raised (unless strict)."""
+    async def astep(self, params: Sequence[Variable] | Module | None = None) -> StepReport:
+        """One update of `params` (default: all; a Module: its parameters). Failures are recorded, never raised (unless strict)."""
         from ..prompts import using_templates
 
         todo = self._targets(params)
@@ -214,7 +215,7 @@ class Optimizer:
             raise UpdateError(f"{type(self).__name__} step {self.steps}: " + "; ".join(f"{f.variable}: {f.error}" for f in report.failures))
         return report
 
-    def step(self, params: Sequence[Variable] | None = None) -> StepReport:
+    def step(self, params: Sequence[Variable] | Module | None = None) -> StepReport:
         """Sync `astep`."""
         return run_sync(self.astep(params))
 
@@ -223,9 +224,10 @@ class Optimizer:
         return (check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders)
                 or control_characters(value) or missing_fields(param, value))
 
-    def _targets(self, params: Sequence[Variable] | None) -> list[Variable]:
+    def _targets(self, params: Sequence[Variable] | Module | None) -> list[Variable]:
         if params is None:
             return list(self.parameters)
+        params = parameter_list(params)
         mine = {id(p) for p in self.parameters}
         for p in params:
             if id(p) not in mine:
