@@ -307,3 +307,27 @@ def test_the_recipe_is_in_the_registry_and_resume_refuses_what_it_does_not_take(
     assert "cannot override steps of a 'humaneval' run" in capsys.readouterr().err
     assert main(["resume", str(run)]) == 0  # a finished run: nothing left to do, the same result again
     assert "pass@1 after:  1.00 (1/1)" in capsys.readouterr().out
+
+
+@needs_data
+@pytest.mark.local
+def test_smoke_the_cli_job_on_the_offline_coder_model(tmp_path):
+    """The job for real: the 1.5B coder model writes a first attempt at one problem (small token caps), the
+    sandbox runs its tests, at most one update follows, and `report` reads the run directory."""
+    run = tmp_path / "run"
+    env = {**os.environ, "TEXTOPT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    args = ["optimize", "--task", "humaneval", "--engine", "local:qwen2.5-coder-1.5b", "--ids", "HumanEval/2",
+            "--updates", "1", "--max-tokens", "160", "--update-tokens", "200", "--out", str(run), "--json"]
+    res = subprocess.run([sys.executable, "-m", "textopt", *args], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = events(res.stdout)[-1]
+    assert result["event"] == "result" and result["done"] == result["problems"] == 1
+    assert result["tokens"]["calls"] >= 1 and result["tokens"]["completion_tokens"] > 0  # the model really wrote
+    rows = [json.loads(line) for line in (run / "attempts" / "HumanEval_2.jsonl").read_text().splitlines()]
+    assert rows and rows[0]["update"] == 0 and rows[0]["code"].strip()
+    assert all(r["passed"] or r["feedback"] for r in rows)  # a failing version always says why
+    assert len(rows) <= 2 and rows[-1]["passed"] == (result["pass1_after"] == 1.0)
+    rep = subprocess.run([sys.executable, "-m", "textopt", "report", str(run)], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert rep.returncode == 0 and "pass@1 before:" in rep.stdout, rep.stderr
