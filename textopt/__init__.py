@@ -40,7 +40,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     # training runs (issue 5): loaded on first touch
     "Trainer": ("textopt.train", "Trainer"),
     "History": ("textopt.train", "History"),
-    "resume": ("textopt.train", "resume"),
+    "resume": ("textopt.recipes", "resume_trainer"),
     "save": ("textopt.checkpoint", "save"),
     "load": ("textopt.checkpoint", "load"),
     "datasets": ("textopt.datasets", None),

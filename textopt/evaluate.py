@@ -336,3 +336,21 @@ def _jsonable(obj: Any) -> Any:
 def _short(example: Any, limit: int = 60) -> str:
     text = repr(example)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def paired_gain(before: Any, after: Any, *, seed: int = 0, resamples: int = 2000) -> tuple[float, tuple[float, float]] | None:
+    """Mean of after - before over the same test examples, and its 95% percentile-bootstrap interval
+    (the examples resampled in pairs: tighter than comparing the two reports' own intervals)."""
+    if not before or not after or len(before.rows) != len(after.rows):
+        return None
+    diffs = [(a.score or 0.0) - (b.score or 0.0) for b, a in zip(before.rows, after.rows)
+             if a.score is not None and b.score is not None]
+    if not diffs:
+        return None
+    mean = sum(diffs) / len(diffs)
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
+    return round(mean, 4), (round(min(low, mean), 4), round(max(high, mean), 4))
+

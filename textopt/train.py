@@ -412,7 +412,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for p in self.parameters:
             p.set_value(state["parameters"][p.name])
-        self.resumed = self.run.resume = True
+        self.resumed = self.run.resuming = True
 
     def _python_spec(self) -> dict[str, Any]:
         return {"recipe": None, "options": self.options, "parameters": [p.name for p in self.parameters],
@@ -427,7 +427,7 @@ class Trainer:
         self.run.save_checkpoint(state)  # the authoritative state, written last
 
 
-def resume(
+def trainer_from_run_dir(
     run_dir: str | Path,
     *,
     forward: Forward | None = None,
@@ -438,24 +438,16 @@ def resume(
     metric: Metric | None = None,
     **overrides: Any,
 ) -> Trainer:
-    """A Trainer that continues the run in `run_dir` from its last completed step; call `.fit()` on it.
-
-    Runs made from a recipe (`textopt optimize`) rebuild themselves from spec.json. Runs made in Python
-    need the code again: forward, loss, an optimizer over Variables with the same names, and the same
-    train/val data (checked by fingerprint). overrides (e.g. steps=10, budget_tokens=..., callbacks=[...])
-    replace saved options.
+    """The Trainer that continues a run made in Python (`Trainer(..., run_dir=...)`) from its last completed
+    step; call `.fit()` on it. `textopt.resume` (textopt.recipes) calls this for such runs and rebuilds recipe
+    runs itself. It needs the code again: forward, loss, an optimizer over Variables with the same names, and
+    the same train/val data (checked by fingerprint). overrides (e.g. steps=10, budget_tokens=...,
+    callbacks=[...]) replace saved options.
     """
     spec = read_spec(run_dir)
     if spec.get("recipe"):
-        from . import recipes
-
-        display = {k: overrides.pop(k) for k in ("callbacks", "progress") if k in overrides}
-        job = recipes.resume(run_dir, **display, **overrides)
-        trainer = getattr(job, "trainer", None)
-        if trainer is None:
-            raise RunError(f"{run_dir} is a {spec.get('kind')!r} run, not a Trainer run; continue it with "
-                           f"textopt.recipes.resume({str(run_dir)!r}).run() or `textopt resume {run_dir}`")
-        return trainer
+        raise RunError(f"{run_dir} was made by the {spec['recipe']!r} recipe; continue it with textopt.resume(run_dir) "
+                       f"or `textopt resume {run_dir}`")
     if spec.get("kind") != "trainer":
         raise RunError(f"{Path(run_dir) / SPEC} holds a {spec.get('kind')!r} run, not a Trainer run")
     missing = [n for n, v in (("forward", forward), ("loss", loss), ("optimizer", optimizer), ("train", train)) if v is None]
@@ -468,7 +460,7 @@ def resume(
     options = {**spec["options"], **overrides}
     trainer = Trainer(forward, loss, optimizer, train=train, val=val, metric=metric, run_dir=run_dir,  # type: ignore[arg-type]
                       **options)
-    trainer.run.resume = trainer.resumed = True
+    trainer.run.resuming = trainer.resumed = True
     trainer.run.load_checkpoint(trainer.load_state_dict)
     if "steps" in overrides:
         trainer.total_steps = overrides["steps"]

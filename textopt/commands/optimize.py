@@ -4,7 +4,7 @@ The defaults are the README's main job: candidate search (`to.Search`) for a bet
 on the `sentiment` task with the embedded model, starting from a weak template, scored on held-out test
 examples before and after with 95% intervals (and the paired interval of the gain).
 
-`--task humaneval` is another job (the "humaneval" recipe, textopt.code_job): each problem's code is the
+`--task humaneval` is another job (the "humaneval" recipe, textopt.recipes.humaneval_job): each problem's code is the
 Variable, optimized from its unit tests' report within `--updates` update calls; pass@1 before and after.
 
 A thin adapter over the "optimize" recipe (textopt.recipes): the arguments become the recipe's JSON
@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     from ..datasets import TASKS
     from ..recipes import OPTIMIZE_DEFAULTS as D
     from ..recipes import OPTIMIZERS, SIZES
-    from ..code_job import CODE_DEFAULTS as C
+    from ..recipes.humaneval_job import CODE_DEFAULTS as C
 
     p = sub.add_parser("optimize", help="optimize a prompt on a built-in task (default: sentiment, with search)",
                        description="Optimize a prompt on a task; score it before and after on held-out examples. "
@@ -102,7 +102,7 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         return
     if result.get("task") == "humaneval":
-        from ..code_job import summary_text
+        from ..recipes.humaneval_job import summary_text
 
         print(summary_text(result))
         return
@@ -164,7 +164,7 @@ def make_spec(args: argparse.Namespace) -> Any:
     from ..recipes import OPTIMIZE_DEFAULTS, RunSpec
 
     if args.task == "humaneval":
-        from ..code_job import CODE_DEFAULTS
+        from ..recipes.humaneval_job import CODE_DEFAULTS
 
         given = [flag(k) for k in PROMPT_ONLY if getattr(args, k) is not None] + ([] if args.keep_best else ["--no-keep-best"])
         if given:

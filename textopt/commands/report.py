@@ -72,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if kind == "search":
         from ..search import search_report
 
-        from ..search_report import plot_search
+        from ..search.report import plot_search
 
         text = search_report(run_dir)
         draw = lambda path: plot_search(state, path)  # noqa: E731
     elif kind == "code":
-        from ..code_job import report_text
+        from ..recipes.humaneval_job import report_text
 
         text = report_text(run_dir, state)
         draw = None
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         text = aegis_text(run_dir, state)
         draw = None
         if "history" in state and state["history"]:
-            from ..aegis.loop import plot_history as aegis_plot
+            from ..aegis.outputs import plot_rounds as aegis_plot
 
             draw = lambda path: aegis_plot(state["history"], path)  # noqa: E731
     else:

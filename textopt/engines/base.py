@@ -102,21 +102,10 @@ class Engine:
         history_size: int = 1000,
         supports_images: bool | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        for name, value in (("timeout", timeout), ("max_time", max_time)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        _check_limits(max_concurrency, timeout, max_time)
         self.model = model
         self.max_concurrency = max_concurrency
-        if cache is True:
-            self.cache: DiskCache | None = DiskCache()
-        elif cache is False or cache is None:
-            self.cache = None
-        elif isinstance(cache, DiskCache):
-            self.cache = cache
-        else:
-            self.cache = DiskCache(cache)
+        self.cache: DiskCache | None = _as_cache(cache)
         if retries is not None:
             self.retries = retries
         self.retry_wait = retry_wait
@@ -332,12 +321,29 @@ UNREACHABLE_TYPES = frozenset({"APIConnectionError", "ConnectionRefusedError", "
                                "ConnectionError", "ConnectionResetError", "ServerDisconnectedError"})
 
 
+def _check_limits(max_concurrency: int, timeout: float | None, max_time: float | None) -> None:
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+    for name, value in (("timeout", timeout), ("max_time", max_time)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+
+
+def _as_cache(cache: "bool | str | DiskCache | None") -> DiskCache | None:
+    """cache=True: the default disk cache; False/None: none; a DiskCache as is; a path: a cache there."""
+    if cache is True:
+        return DiskCache()
+    if cache is False or cache is None:
+        return None
+    return cache if isinstance(cache, DiskCache) else DiskCache(cache)
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """True for a failed call that says nothing answers (connection refused / reset) or the key is refused
     (401/403): a run that goes on would only record the same failure for every call."""
-    from ..errors import EngineAuthError
+    from ..errors import AuthenticationFailed
 
-    if isinstance(exc, EngineAuthError) or getattr(exc, "status_code", None) in (401, 403):
+    if isinstance(exc, AuthenticationFailed) or getattr(exc, "status_code", None) in (401, 403):
         return True
     if getattr(exc, "unreachable", False):  # e.g. a local model whose worker process crashed
         return True

@@ -8,7 +8,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineAuthError, EngineError
+from ..errors import AuthenticationFailed, EngineError
 from ..secrets import scrub
 
 if TYPE_CHECKING:
@@ -111,5 +111,5 @@ def engine_error(engine: "Engine", exc: BaseException, attempts: int, seconds: f
         advice = ("The provider refused the credentials: check the API key." if auth
                   else "Check the model name, credentials and request options.")
     message = f"{engine.kind} engine {engine.model!r} failed {what}: {type(exc).__name__}: {exc}. {advice}"
-    cls = EngineAuthError if auth else EngineError
+    cls = AuthenticationFailed if auth else EngineError
     return cls(scrub(message, engine.secrets()), cause_type=type(exc).__name__, status_code=status, transient=transient)
