@@ -4,6 +4,7 @@
 import ast
 import inspect
 import sys
+import textwrap
 from typing import Any, Callable
 
 from .variable import Variable
@@ -27,8 +28,6 @@ def _ipython_cells() -> list[str]:
 
 def _def_in(text: str, name: str) -> tuple[str, int] | None:
     """The source of the last top-level-or-nested def `name` in `text`, and the line it starts on (1-based)."""
-    import textwrap
-
     try:
         tree = ast.parse(textwrap.dedent(text))
     except SyntaxError:

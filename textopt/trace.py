@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
 import functools
 import inspect
 import itertools
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .engines.base import Engine
 from .function import Feedback, Function, OpContext, OpDescription, OpError
+from .prompts import render_messages
+from .sandbox import arun_isolated, check_isolation, run_isolated
 from .source import CodeVariable, find_source
 from .variable import Variable, as_text
 
@@ -52,8 +55,6 @@ class TraceTimeout(BaseException):
 
 # -- running with a time limit ------------------------------------------------------------------
 def _interrupt(thread: threading.Thread) -> None:
-    import ctypes
-
     if thread.ident is not None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TraceTimeout))
 
@@ -152,8 +153,6 @@ class TracedCall(Function):
         fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
         try:  # trainable code is compiled inside the time limit too (its module-level statements run then)
             if fn.isolation not in ("thread", "none"):
-                from .sandbox import run_isolated
-
                 return run_isolated(fn.fn, name=fn.name, source=ctx.saved["source"], is_async=fn.is_async, args=args,
                                     kwargs=kwargs, timeout=fn.timeout, sandbox=fn.isolation)
             if fn.timeout is not None:
@@ -166,8 +165,6 @@ class TracedCall(Function):
         fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
         try:
             if fn.isolation not in ("thread", "none"):
-                from .sandbox import arun_isolated
-
                 return await arun_isolated(fn.fn, name=fn.name, source=ctx.saved["source"], is_async=fn.is_async,
                                            args=args, kwargs=kwargs, timeout=fn.timeout, sandbox=fn.isolation)
             if fn.timeout is not None:
@@ -195,8 +192,6 @@ class TracedCall(Function):
                              note=f"runs {fn.code.name}" if fn.code is not None else "")
 
     async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
-        from .prompts import render_messages
-
         targets = [p for p in output.parents if p.requires_grad]
         code = ctx.saved["code"]
 
@@ -245,8 +240,6 @@ class Traced:
         self.description = (description or inspect.getdoc(fn) or "").strip()
         self.trainable = trainable
         if trainable or isolation is not None:
-            from .sandbox import check_isolation
-
             isolation = check_isolation(isolation, trainable=trainable, timeout=timeout)
         self.isolation = isolation or "none"  # "process" | a Sandbox | "thread" | "none"
         self.timeout = timeout if timeout is not None else (DEFAULT_TIMEOUT if trainable and self.isolation != "none" else None)

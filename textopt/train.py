@@ -28,15 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from ._sync import run_sync
+from ._sync import sync_twin
+from .datasets import exact_match
 from .errors import BudgetExceeded, EngineError
+from .evaluate import aevaluate
+from .ops.sum import sum as tsum
+from .optim.base import Optimizer
 from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec, usage_columns
 from .variable import Variable
 
 if TYPE_CHECKING:
     from .engines.base import Engine
     from .evaluate import EvalReport
-    from .optim.base import Optimizer
 
 __all__ = ["CHECKPOINT", "SPEC", "History", "TrainState", "Trainer", "default_metric", "fingerprint", "resume"]
 
@@ -50,8 +53,6 @@ Metric = Callable[[Any, Variable], "float | None"]
 
 def default_metric(example: Any, output: Variable) -> float | None:
     """Exact match against `example.answer` (or example["answer"]); None when the example has no answer."""
-    from .datasets import exact_match
-
     answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
     if answer is None:
         return None
@@ -221,8 +222,6 @@ class Trainer:
         callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
         spec: dict[str, Any] | None = None,
     ) -> None:
-        from .optim.base import Optimizer
-
         if not callable(forward) or not callable(loss):
             raise TypeError("Trainer needs forward(example) -> Variable and loss(example, output) -> Variable functions")
         if not isinstance(optimizer, Optimizer):
@@ -274,9 +273,6 @@ class Trainer:
         st = self.state
         return History(st.rows, dict(st.initial), self._values(), st.stopped, str(self.run.dir) if self.run.dir else None)
 
-    def fit(self) -> History:
-        """Run to the end (steps done, early stop, or budget) and return the History. Sync wrapper of `afit`."""
-        return run_sync(self.afit())
 
     async def afit(self) -> History:
         st = self.state
@@ -300,12 +296,12 @@ class Trainer:
             self.run.end(stopped=st.stopped, step=st.global_step, best_val=st.best_val, usage=dict(self.run.totals))
         return self.history
 
+    fit = sync_twin(afit, "Run to the end (steps done, early stop, or budget) and return the History (sync `afit`).")
+
     async def evaluate(self, examples: Sequence[Any], name: str | None = None) -> "EvalReport":
         """Score the current parameters on `examples` (forward passes only, `concurrency` at a time) with
         `textopt.evaluate`: per-example rows, mean and interval. With `name`, the report is kept in the run
         directory (evals/<name>.jsonl). A provider failure stops the run instead of scoring 0."""
-        from .evaluate import aevaluate
-
         async def forward(example: Any) -> Any:
             try:
                 return await _call(self.forward, example)
@@ -340,8 +336,6 @@ class Trainer:
                       **usage_columns(usage), "seconds": round(time.perf_counter() - start, 3), "failures": 0})
 
     async def _one_step(self) -> None:
-        from .ops.sum import sum as tsum
-
         st = self.state
         saved = (self._values(), st.snapshot(), json.loads(json.dumps(self.optimizer.state_dict())))
         start = time.perf_counter()

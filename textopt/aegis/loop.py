@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .._sync import run_sync
+from .._sync import run_sync, sync_twin
 from ..context import resolve_backward_engine, resolve_engine
 from ..engines.base import Engine
 from ..run import Budgets, Callback, Run, usage_columns
@@ -151,6 +151,7 @@ async def acoevolve(
             initial_defense_prompt=defense_prompt, initial_attack_prompts=list(attack_prompts), rounds_run=rounds_run,
             stopped_early=stopped == "early_stop", errors=errors, failures=run.failures, tokens=dict(rec.totals),
             seconds=round(time.perf_counter() - start, 2), config=config, stopped=stopped,
+            run_dir=str(out) if out else None,
         )
         rec.save_checkpoint(_state(run, history, rounds_run, rounds_run, stopped))
         if out:
@@ -204,9 +205,19 @@ async def aevaluate_detector(defense_prompt: str, examples: Sequence[Example], *
     return await judge_cases(judge, defense_prompt, [(e.text, e.label, e.category) for e in exs])
 
 
-def evaluate_detector(defense_prompt: str, examples: Sequence[Example], *, engine: Engine | str | None = None,
-                      scenario: Scenario | None = None) -> DetectorReport:
-    """TPR, TNR, precision, F1 of a defense prompt on labeled examples, plus every error (misclassified or unreadable)."""
-    return run_sync(aevaluate_detector(defense_prompt, examples, engine=engine, scenario=scenario))
+evaluate_detector = sync_twin(aevaluate_detector, "TPR, TNR, precision, F1 of a defense prompt on labeled examples, plus every error (misclassified or unreadable).")
 
 
+class CoEvolution:
+    """AEGIS co-evolution behind the run protocol that Trainer and Search follow: build it with the arguments of
+    `acoevolve`, then `fit()` / `await afit()` returns the `Result` (`.best`, `.history`, `.run_dir`)."""
+
+    def __init__(self, attack_prompts: Sequence[str], defense_prompt: str, **options: Any) -> None:
+        _check_prompts(attack_prompts, defense_prompt, options.get("benign", ()))
+        self.attack_prompts, self.defense_prompt, self.options = list(attack_prompts), defense_prompt, options
+
+    async def afit(self) -> Result:
+        """Run the co-evolution to a stop and return its Result."""
+        return await acoevolve(self.attack_prompts, self.defense_prompt, **self.options)
+
+    fit = sync_twin(afit, "Run the co-evolution to a stop and return its Result (sync `afit`).")

@@ -54,10 +54,16 @@ class Result:
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     stopped: str = "completed"  # completed | early_stop (neither side improved) | budget_tokens | budget_calls | budget_usd
+    run_dir: str | None = None
 
     @property
     def best_attack(self) -> str:
         return self.attack_prompts[0]
+
+    @property
+    def best(self) -> dict[str, str]:
+        """The run protocol's best values: {"attack": the best attack prompt, "defense": the defense prompt}."""
+        return {"attack": self.best_attack, "defense": self.defense_prompt}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -18,51 +18,20 @@ import dataclasses
 import functools
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 from .. import image
-from .._sync import run_on_textopt_loop, run_sync
-from ..errors import BudgetExceeded, EngineError, EngineUnavailable
+from .._sync import run_on_textopt_loop, run_sync, sync_twin
+from ..errors import AuthenticationFailed, BudgetExceeded, EngineError, EngineUnavailable
 from . import pricing
 from .cache import DiskCache, cache_key
 from .inflight import InFlight
 from .retry import call_with_retries
+from .types import Completion, Message, Request
 from .usage import Usage, active_trackers
 
-Message = dict[str, str]
 T = TypeVar("T")
 _account_lock = threading.Lock()
-
-
-@dataclass
-class Completion:
-    """What an engine returns: the text, the tokens and dollars it cost, and whether the cache served it.
-
-    cost_usd is None when the model's price is unknown (cached replies cost 0). seconds is the wall time
-    of the provider call once the engine's own concurrency limit let it through (0 for a cached reply).
-    """
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    model: str = ""
-    cost_usd: float | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class Request:
-    """What was asked: chat messages plus the options that change the answer.
-
-    timeout is set per attempt by the retry policy (seconds this attempt may take); it never enters the cache key.
-    """
-
-    messages: list[Message]
-    json_schema: dict[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    timeout: float | None = None
 
 
 class Engine:
@@ -210,9 +179,7 @@ class Engine:
         self._account(request, completion)
         return completion
 
-    def complete(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None, **options: Any) -> Completion:
-        """Sync wrapper of `acomplete`: runs on the textopt loop (from any thread, notebooks included)."""
-        return run_sync(self.acomplete(messages, json_schema=json_schema, **options))
+    complete = sync_twin(acomplete, "Sync `acomplete`: runs on the textopt loop (from any thread, notebooks included).")
 
     # -- internals (the provider side runs on the textopt loop) ------------------------------
     def _cached(self, key: str) -> Completion | None:
@@ -341,8 +308,6 @@ def _as_cache(cache: "bool | str | DiskCache | None") -> DiskCache | None:
 def is_unreachable(exc: BaseException) -> bool:
     """True for a failed call that says nothing answers (connection refused / reset) or the key is refused
     (401/403): a run that goes on would only record the same failure for every call."""
-    from ..errors import AuthenticationFailed
-
     if isinstance(exc, AuthenticationFailed) or getattr(exc, "status_code", None) in (401, 403):
         return True
     if getattr(exc, "unreachable", False):  # e.g. a local model whose worker process crashed

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from .metric import RunTests, humaneval_metric
 from .optimize import (
-    OPTIMIZERS, Attempt, CodeRun, adraft_code, aoptimize_code, code_variable, draft_code, optimize_code, outcome,
-    rank,
+    OPTIMIZERS, Attempt, CodeRun, adraft_code, aoptimize_code, code_variable, draft_code, optimize_code, outcome, rank,
 )
 from .problems import (
     DEFAULT_TIMEOUT, FEEDBACK_CHARS, GRACE, Problem, _all_problems, as_program, extract_code, load_humaneval,

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .._sync import run_sync
+from .._sync import sync_twin
 from ..context import resolve_engine
 from ..engines.usage import track_usage
 from ..optim import TGD, OptoPrime
@@ -91,9 +91,7 @@ async def adraft_code(problem: Problem, engine: Engine | str | None = None, *, m
     return as_program(problem, reply.text)
 
 
-def draft_code(problem: Problem, engine: Engine | str | None = None, *, max_tokens: int = 1024) -> str:
-    """Sync `adraft_code`."""
-    return run_sync(adraft_code(problem, engine, max_tokens=max_tokens))
+draft_code = sync_twin(adraft_code)
 
 
 def code_variable(problem: Problem, code: str) -> Variable:
@@ -209,9 +207,7 @@ async def aoptimize_code(
     return run
 
 
-def optimize_code(problem: Problem, engine: Engine | str | None = None, **options: Any) -> CodeRun:
-    """Sync `aoptimize_code` (same arguments)."""
-    return run_sync(aoptimize_code(problem, engine, **options))
+optimize_code = sync_twin(aoptimize_code, "Sync `aoptimize_code` (same arguments).")
 
 
 __all__ = [

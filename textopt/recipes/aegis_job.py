@@ -62,13 +62,13 @@ class AegisJob(Job):
     async def arun(self) -> dict[str, Any]:
         a = self.args
         await self.aready()
-        result = await aegis.acoevolve(
+        result = await aegis.CoEvolution(
             a["attack"] or list(aegis.DEFAULT_ATTACKS), a["defense"] or aegis.DEFAULT_DEFENSE,
             benign=list(aegis.ESSAYS)[: a["essays"]], engine=self.engine, optimizer_engine=self.optimizer_engine,
             rounds=a["rounds"], iterations=a["iterations"], pool_size=a["pool_size"], seed=a["seed"], out=self.run_dir,
             examples=self.examples, resume=self.resuming, callbacks=self.callbacks, spec=self.spec.to_dict(),
             budgets=Budgets(tokens=a["budget_tokens"], calls=a["budget_calls"], usd=a["budget_usd"]),
-        )
+        ).afit()
         return result.to_dict()
 
 

@@ -99,7 +99,7 @@ class _PromptTask(Job):
         self.engine = make_engine(a["engine"], base_url=a["base_url"], no_cache=a["no_cache"], latency=a["latency"],
                                   budget_usd=a["budget_usd"])
         if not a["backward_engine"] and a["engine"].strip().lower() == "local" and reflect_installed():
-            a["backward_engine"] = "local:reflect"  # SmolLM2 can't write instructions; the 1.5B can (issue 22)
+            a["backward_engine"] = "local:reflect"  # SmolLM2 can't write instructions; the 1.5B reflection model can
         self.backward_engine = (make_engine(a["backward_engine"], base_url=a["base_url"], no_cache=a["no_cache"],
                                             latency=a["latency"], budget_usd=a["budget_usd"])
                                 if a["backward_engine"] else self.engine)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .._sync import run_sync
+from .._sync import run_sync, sync_twin
 from ..checkpoint import atomic_write_text
 from ..errors import CodeNeeded, RunError
 from ..run import SPEC, Callback, check_not_busy, has_run, read_spec, scrubbed_json
@@ -53,8 +53,7 @@ class Job:
     async def arun(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def run(self) -> dict[str, Any]:
-        return run_sync(self.arun())
+    run = sync_twin(arun, "Sync `arun`: the whole run, to its result dict.")
 
     @property
     def progress_note(self) -> str:

@@ -25,6 +25,16 @@ class History:
     run_dir: str | None = None
 
     @property
+    def best(self) -> dict[str, Any]:
+        """The run protocol's best values: the parameters as the run left them (the best kept, with keep_best)."""
+        return dict(self.final)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The run protocol's history: one row per step (step 0 = the validation baseline)."""
+        return self.rows
+
+    @property
     def best_val(self) -> float | None:
         vals = [r["val"] for r in self.rows if r.get("val") is not None and r.get("accepted")]
         return max(vals) if vals else None

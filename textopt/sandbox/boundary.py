@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import builtins
 import collections
+import fractions
 import functools
 import io
 import pickle
 import re
 import subprocess
+import symtable
 import sys
 import threading
 import time
@@ -77,8 +79,6 @@ def _defaultdict(factory: Any = None, *args: Any) -> Any:
 
 
 def _fraction(*args: Any) -> Any:
-    import fractions
-
     if len(args) > 2 or not all(isinstance(a, int) or (isinstance(a, str) and len(a) < 10_000 and not re.search(r"[eE]", a))
                                 for a in args):
         raise _size_refused("Fraction", args)  # Fraction("1e999999999") would compute 10**999999999
@@ -207,8 +207,6 @@ def _load(data: bytes, module: str | None) -> Any:
 def _names(source: str, filename: str) -> tuple[frozenset[str], frozenset[str]]:
     """(global names the code reads, names its top level binds). Attribute names are not globals: in
     `subprocess.run(...)` only `subprocess` is. Parses and builds symbol tables; never runs anything."""
-    import symtable
-
     tree = ast.parse(source)
     bound: set[str] = set()
     for node in tree.body:

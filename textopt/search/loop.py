@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from .._sync import run_sync
+from .._sync import sync_twin
 from ..errors import BudgetExceeded, EngineUnavailable
 from ..evaluate import EvalReport, Metric, Scored, score_examples
 from ..run import Budgets, Callback, Progress, Run, read_checkpoint, usage_columns
@@ -62,6 +62,11 @@ class SearchResult:
     @property
     def best(self) -> dict[str, str]:
         return dict(self.pool[self.best_id].values)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The run protocol's history: one row per iteration (the seed first)."""
+        return self.rows
 
     @property
     def best_val(self) -> float | None:
@@ -121,9 +126,6 @@ class Search:
         self.state = SearchState(seed)
 
     # -- running ---------------------------------------------------------------------------------
-    def fit(self) -> SearchResult:
-        """Run the search to a stop (sync wrapper of `afit`)."""
-        return run_sync(self.afit())
 
     async def afit(self) -> SearchResult:
         callbacks = list(self.callbacks)
@@ -166,6 +168,8 @@ class Search:
                     candidates=len(self.state.pool), metric_calls=run.metric_calls, usage=dict(run.totals))
         self.run = None
         return result
+
+    fit = sync_twin(afit, "Run the search to a stop (sync `afit`).")
 
     def result(self) -> SearchResult:
         run = self.run
