@@ -168,6 +168,39 @@ def test_the_caller_is_not_affected(problems, tmp_path, monkeypatch):
         box.close()
 
 
+def test_code_under_test_cannot_write_outside_its_folder_or_start_processes(problems, tmp_path):
+    box = Sandbox(max_workers=1)
+    keep = tmp_path / "keep.txt"
+    keep.write_text("mine")
+    outside = tmp_path / "written.txt"
+    p = problems["HumanEval/0"]
+    attempts = {
+        "write": f"open({str(outside)!r}, 'w').write('x')",
+        "append": f"open({str(keep)!r}, 'a').write('x')",
+        "os.open": f"import os; os.close(os.open({str(outside)!r}, os.O_CREAT | os.O_WRONLY))",
+        "remove": f"import os; os.remove({str(keep)!r})",
+        "rename": f"import os; os.rename({str(keep)!r}, {str(outside)!r})",
+        "mkdir": f"import os; os.mkdir({str(tmp_path / 'made')!r})",
+        "subprocess": f"import subprocess; subprocess.run(['touch', {str(outside)!r}])",
+        "system": f"import os; os.system('touch {outside}')",
+    }
+    try:
+        for kind, line in attempts.items():
+            code = f"def has_close_elements(numbers, threshold):\n    {line}\n    return False\n"
+            result = he.run_tests(p, code, sandbox=box)
+            assert not result.passed, kind
+            assert "refused" in result.feedback and "temporary folder" in result.feedback, (kind, result.feedback)
+        assert keep.read_text() == "mine" and sorted(x.name for x in tmp_path.iterdir()) == ["keep.txt"]
+        inside = ("import os, tempfile\nopen('scratch.txt', 'w').write('x')\ntempfile.NamedTemporaryFile().close()\n"
+                  "os.remove('scratch.txt')\n" + full(p))
+        assert he.run_tests(p, inside, sandbox=box).passed  # its own folder (and tempfile) are fine
+        assert he.run_tests(p, full(p), sandbox=box).passed
+    finally:
+        box.close()
+    open(outside, "w").close()  # the caller itself is not confined
+    assert outside.exists()
+
+
 def test_metric_plugs_into_evaluate(box, problems):
     chosen = [problems["HumanEval/0"], problems["HumanEval/2"]]
     report = to.evaluate(lambda p: full(p) if p.task_id == "HumanEval/0" else "    return 0.0\n", chosen,

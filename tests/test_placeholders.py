@@ -28,6 +28,8 @@ def reply(value: str) -> str:
     ("```text\nRate: {input}\n```", "Rate: {input}"),
     ("Use `code` inside: {input}", "Use `code` inside: {input}"),   # inner backticks stay
     ("`a` and `b` {input}", "`a` and `b` {input}"),                 # not one wrapping pair
+    ("<value>Is {input} positive?</value>", "Is {input} positive?"),  # the prompt's tag, copied back
+    ("<value>\nRate: {input}\n</value>", "Rate: {input}"),
 ])
 def test_wrapping_is_stripped_before_the_value_is_applied(sent, kept):
     assert unwrap(sent) == kept

@@ -7,6 +7,7 @@ import functools
 import time
 from typing import Any
 
+from ..confine import confined
 from .problems import OUTPUT_LINE_CHARS, SHOWN_FAILURES, VALUE_CHARS, _CODE_FILE, _TEST_FILE
 
 
@@ -94,7 +95,8 @@ def _check_program(program: str, prompt: str, test: str, entry_point: str, time_
                 if timed:
                     signal.signal(signal.SIGALRM, on_alarm)
                     signal.setitimer(signal.ITIMER_REAL, time_limit)
-                _execute(program, prompt, test, entry_point, result)
+                with confined(folder):  # its writes stay in its folder; it starts no process
+                    _execute(program, prompt, test, entry_point, result)
             finally:
                 if timed:
                     signal.setitimer(signal.ITIMER_REAL, 0)

@@ -378,13 +378,15 @@ _FENCED = re.compile(r"```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```", re.S)
 
 def unwrap(value: Any) -> Any:
     """A proposed value as small models send it -> the value: without a code fence around it (```text ... ```)
-    or backticks around it (`...`, ``...``). Only wrapping is removed; backticks inside the value stay."""
+    or backticks around it (`...`, ``...``), or the <value> tag the update prompt showed it in. Only wrapping is removed; backticks inside the value stay."""
     if not isinstance(value, str):
         return value
     text = value.strip()
     fence = _FENCED.fullmatch(text)
     if fence:
         return fence.group(1).strip("\n")
+    if text.startswith("<value>") and text.endswith("</value>") and text.count("<value>") == 1:
+        return text[len("<value>"):-len("</value>")].strip()  # the update prompt's own tag, copied back
     for mark in ("```", "``", "`"):
         if len(text) > 2 * len(mark) and text.startswith(mark) and text.endswith(mark):
             inner = text[len(mark):-len(mark)]
