@@ -17,7 +17,7 @@ from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
 from .image import Image, ImagesNotSupported
 from .loss import TextLoss
-from .ops import LLM, FormattedLLMCall, LLMCall, sum
+from .ops import LLM, FormattedLLMCall, LLMCall, aggregate
 from .optim import TGD, Optimizer, OptoPrime, Proposal, StepReport, UpdateFailure
 from .trace import TraceError, trace
 from .variable import Gradient, Variable  # noqa: F401  (Gradient: the old name of Feedback)
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     # the graph: values, ops and their textual backward
     "Variable", "Feedback", "Function", "OpContext", "OpDescription", "OpError", "LLM", "LLMCall", "FormattedLLMCall",
-    "TextLoss", "sum", "trace", "TraceError", "graph", "Image", "ImagesNotSupported",
+    "TextLoss", "aggregate", "trace", "TraceError", "graph", "Image", "ImagesNotSupported",
     # engines: every model behind one Request -> Completion interface
     "Engine", "ScriptedEngine", "Completion", "Usage", "get_engine", "track_usage", "using",
     # optimizers: Optimizer.step() for hand-written loops

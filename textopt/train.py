@@ -2,7 +2,7 @@
 checkpoint after every step from which a killed run resumes to the same result.
 
 A step: the forward passes of a minibatch run concurrently (bounded by `concurrency`), their losses are
-joined with `to.sum` into one backward, and the optimizer makes one update. Then validation decides,
+joined with `to.aggregate` into one backward, and the optimizer makes one update. Then validation decides,
 with keep_best, whether the new values stay. The run directory, usage and cost, the log, checkpoints,
 budgets and callbacks belong to the run layer (`textopt.run.Run`, `trainer.run`); the Trainer owns
 only the training state (parameters, optimizer state, history, RNG and data order).
@@ -32,7 +32,7 @@ from ._sync import sync_twin
 from .datasets import exact_match
 from .errors import BudgetExceeded, EngineError
 from .evaluate import aevaluate
-from .ops.sum import sum as tsum
+from .ops.sum import aggregate
 from .optim.base import Optimizer
 from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec, usage_columns
 from .variable import Variable
@@ -353,7 +353,7 @@ class Trainer:
                 train_score = _mean(await asyncio.gather(*(self._score(ex, out) for ex, (out, _) in zip(batch, pairs))))
                 self.optimizer.zero_grad()
                 losses = [loss for _, loss in pairs]
-                total = losses[0] if len(losses) == 1 else tsum(losses)
+                total = losses[0] if len(losses) == 1 else aggregate(losses)
                 await self.optimizer.abackward(total, engine=_backward_engine(self.backward_engine, self.optimizer, losses))  # the optimizer's feedback hook
                 failures_before = len(self.optimizer.failures)
                 before = self._values()
