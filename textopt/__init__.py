@@ -15,6 +15,7 @@ from .errors import BudgetExceeded, EngineError, GraphError, ParseError, Textopt
 from .evaluate import EvalReport, Score, aevaluate, evaluate  # eager on purpose (stdlib only): `import textopt.evaluate` would otherwise shadow the function with the module
 from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
+from .module import Module
 from .image import Image, ImagesNotSupported
 from .loss import TextLoss
 from .ops import LLM, FormattedLLMCall, LLMCall, aggregate
@@ -32,6 +33,8 @@ __all__ = [
     "Engine", "ScriptedEngine", "Completion", "Usage", "get_engine", "track_usage", "using",
     # optimizers: Optimizer.step() for hand-written loops
     "Optimizer", "TGD", "OptoPrime", "Proposal", "StepReport", "UpdateFailure",
+    # composing: a pipeline whose trainable text is found, saved and loaded as one
+    "Module",
     # evaluation and the runners (fit() / afit() -> result with .best, .history, .run_dir)
     "evaluate", "aevaluate", "EvalReport", "Score", "Trainer", "History", "Search", "resume", "save", "load",
     # errors

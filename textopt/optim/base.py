@@ -22,6 +22,7 @@ from .._sync import run_sync, sync_twin
 from ..backward import run_backward
 from ..context import resolve_backward_engine
 from ..errors import EngineError, EngineUnavailable, ParseError, UpdateError
+from ..module import Module, parameter_list
 from ..prompts import elide, load_overrides, render_messages, unescape_tags, using_templates
 from ..variable import Variable, missing_fields
 from .parse import parse_reply
@@ -109,11 +110,11 @@ class Optimizer:
     #: Placeholders of this optimizer's own templates, on top of PLACEHOLDERS.
     placeholders: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, parameters: Iterable[Variable], *, engine: "Engine | str | None" = None, strict: bool = False,
+    def __init__(self, parameters: Iterable[Variable] | Module, *, engine: "Engine | str | None" = None, strict: bool = False,
                  memory: int = 0, temperatures: Sequence[float | None] = (None, 0.7), max_value_chars: int = 20_000,
                  templates: "Mapping[str, str | os.PathLike[str]] | None" = None) -> None:
         self.templates = load_overrides(templates)  # checked now (and the override directory): a bad one fails here
-        params = list(parameters)
+        params = parameter_list(parameters)  # a Module stands for its parameters()
         if not params:
             raise ValueError("the optimizer got no parameters: pass the trainable Variables to optimize")
         names: set[str] = set()
@@ -178,8 +179,8 @@ class Optimizer:
         raise NotImplementedError
 
     # -- 3. applying proposals ----------------------------------------------------------------
-    async def astep(self, params: Sequence[Variable] | None = None) -> StepReport:
-        """One update of `params` (default: all). Failures are recorded, never raised (unless strict)."""
+    async def astep(self, params: Sequence[Variable] | Module | None = None) -> StepReport:
+        """One update of `params` (default: all; a Module: its parameters). Failures are recorded, never raised (unless strict)."""
         todo = self._targets(params)
         self.steps += 1
         report = StepReport(step=self.steps)
@@ -216,9 +217,10 @@ class Optimizer:
         return (check_value(value, max_chars=self.max_value_chars, placeholders=self.placeholders)
                 or control_characters(value) or missing_fields(param, value))
 
-    def _targets(self, params: Sequence[Variable] | None) -> list[Variable]:
+    def _targets(self, params: Sequence[Variable] | Module | None) -> list[Variable]:
         if params is None:
             return list(self.parameters)
+        params = parameter_list(params)
         mine = {id(p) for p in self.parameters}
         for p in params:
             if id(p) not in mine:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ..engines.base import Engine
 from ..errors import GraphError, ParseError
+from ..module import Module
 from ..prompts import render_messages, unescape_tags, using_templates
 from ..variable import Variable
 from .base import Optimizer, Proposal
@@ -38,7 +39,7 @@ class OptoPrime(Optimizer):
 
     def __init__(
         self,
-        parameters: Iterable[Variable],
+        parameters: Iterable[Variable] | Module,
         *,
         engine: Engine | str | None = None,
         memory: int = 0,

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 from ..backward import feedback_text
 from ..engines.base import Engine
 from ..errors import EngineError, EngineUnavailable, ParseError
+from ..module import Module
 from ..prompts import render_messages, using_templates
 from ..variable import Variable
 from .base import Optimizer, Proposal
@@ -41,7 +42,7 @@ class TGD(Optimizer):
 
     def __init__(
         self,
-        parameters: Iterable[Variable],
+        parameters: Iterable[Variable] | Module,
         *,
         engine: Engine | str | None = None,
         constraints: Sequence[str] = (),

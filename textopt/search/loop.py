@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from .._sync import sync_twin
 from ..errors import BudgetExceeded, EngineUnavailable
 from ..evaluate import EvalReport, Metric, Scored, score_examples
+from ..module import Module, parameter_list
 from ..run import Budgets, Callback, Progress, Run, read_checkpoint, usage_columns
 from ..variable import Variable
 from .pool import Candidate, SearchState, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent
@@ -85,7 +86,7 @@ class SearchResult:
 
 
 class Search:
-    """Pareto-front candidate search over `parameters` (trainable Variables that `forward` reads).
+    """Pareto-front candidate search over `parameters` (trainable Variables that `forward` reads, or a Module).
 
     forward(example) -> Variable and metric(example, output) -> number | bool | None | Score may be sync or
     async; loss(example, output) -> Variable (optional) gives feedback when the metric gives none.
@@ -99,7 +100,7 @@ class Search:
     """
 
     def __init__(
-        self, parameters: Iterable[Variable], *, forward: Callable[[Any], Any], train: Sequence[Any], val: Sequence[Any],
+        self, parameters: Iterable[Variable] | Module, *, forward: Callable[[Any], Any], train: Sequence[Any], val: Sequence[Any],
         metric: Metric | None = None, loss: Callable[[Any, Variable], Any] | None = None, proposer: Any = "tgd",
         engine: "Engine | str | None" = None, minibatch: int = 3, proposals: int = 1, merge: bool | int = True,
         budget: int | None = None, budget_tokens: int | None = None, budget_usd: float | None = None,
@@ -109,7 +110,8 @@ class Search:
         callbacks: Sequence["Callback | Callable[[dict[str, Any]], Any]"] = (), progress: bool | None = None,
         spec: dict[str, Any] | None = None,
     ) -> None:
-        self.params, self.train, self.val = list(parameters), list(train), list(val)
+        self.params = parameter_list(parameters)  # a Module stands for its parameters()
+        self.train, self.val = list(train), list(val)
         _check_options(self.params, self.train, self.val, minibatch=minibatch, proposals=proposals, iterations=iterations,
                        stops=(budget, budget_tokens, budget_usd, patience, iterations))
         self.forward, self.metric, self.loss = forward, metric, loss
@@ -328,7 +330,7 @@ def _check_options(params: list[Variable], train: list[Any], val: list[Any], *, 
                    iterations: Any, stops: tuple[Any, ...]) -> None:
     """Refuse a Search that can't run: untrained or same-named parameters, no data, no stopping rule."""
     if not params or not all(isinstance(p, Variable) and p.requires_grad for p in params):
-        raise TypeError("Search needs a list of trainable Variables (requires_grad=True) that forward reads")
+        raise TypeError("Search needs a list of trainable Variables (requires_grad=True) that forward reads, or a Module holding them")
     if len({p.name for p in params}) != len(params):
         raise ValueError("two parameters share a name; give each Variable a unique name=...")
     if not train or not val:
