@@ -46,7 +46,7 @@ async def fanin(cfg: dict[str, Any], rep: int) -> dict[str, Any]:
     losses = await asyncio.gather(
         *(to.TextLoss(eval_instruction(q.text, str(i + 1)), engine=eng).acall(o) for i, (q, o) in enumerate(zip(qs, outs)))
     )
-    total = to.sum(losses)
+    total = to.aggregate(losses)
     opt = to.TGD([prompt], engine=eng)
     t0 = time.perf_counter()
     await total.abackward(eng)
@@ -139,7 +139,7 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
                 losses = await asyncio.gather(
                     *(to.TextLoss(eval_instruction(e["question"], e["answer"]), engine=eng).acall(o) for e, o in zip(batch, outs))
                 )
-                await to.sum(losses).abackward(eng)
+                await to.aggregate(losses).abackward(eng)
             else:
                 for e, o in zip(batch, outs):  # Trace-style: raw feedback from the metric, no backward calls
                     opt.backward(o, _metric_feedback(o.text, e["answer"]))

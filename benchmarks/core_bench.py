@@ -48,7 +48,7 @@ def fan_in(width: int) -> tuple[float, int]:
     prompt = to.Variable("Answer.", role="system prompt", requires_grad=True)
     llm = to.LLM(eng, system_prompt=prompt)
     outs = [llm(to.Variable(f"question {i}", role="question")) for i in range(width)]
-    total = to.sum(to.TextLoss("Is it right?", engine=eng)(o) for o in outs)
+    total = to.aggregate(to.TextLoss("Is it right?", engine=eng)(o) for o in outs)
     n0 = len(eng.calls)
     start = time.perf_counter()
     total.backward(eng)

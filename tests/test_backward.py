@@ -36,7 +36,7 @@ def test_feedback_from_several_consumers_accumulates():
     prompt = to.Variable("Be helpful.", role="system prompt", requires_grad=True)
     llm = to.LLM(eng, system_prompt=prompt)
     losses = [to.TextLoss("ok?", engine=eng)(llm(to.Variable(f"q{i}", role="question"))) for i in range(3)]
-    to.sum(losses).backward(eng)
+    to.aggregate(losses).backward(eng)
     assert len(prompt.gradients) == 3
     assert {g.source_role for g in prompt.gradients} == {"response from the language model"}
 
@@ -54,7 +54,7 @@ def _fan_in(eng, width):
     prompt = to.Variable("P", role="system prompt", requires_grad=True)
     llm = to.LLM(eng, system_prompt=prompt)
     outs = [llm(to.Variable(f"q{i}", role="question")) for i in range(width)]
-    return prompt, to.sum([to.TextLoss("ok?", engine=eng)(o) for o in outs])
+    return prompt, to.aggregate([to.TextLoss("ok?", engine=eng)(o) for o in outs])
 
 
 def test_independent_gradient_calls_run_concurrently():

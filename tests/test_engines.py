@@ -70,7 +70,7 @@ def _pipeline_requests() -> str:
         p = to.Variable("prompt", role="system prompt", requires_grad=True)
         llm = to.LLM(eng, system_prompt=p)
         losses = [to.TextLoss("judge", engine=eng)(llm(to.Variable(f"q{{i}}", role="question"))) for i in range(6)]
-        to.sum(losses).backward(eng)
+        to.aggregate(losses).backward(eng)
         to.TGD([p], engine=eng).step()
         print(json.dumps([r.messages for r in eng.requests]))
         """

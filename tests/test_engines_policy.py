@@ -136,7 +136,7 @@ def test_a_key_echoed_by_the_server_never_reaches_the_error(spec, key_arg):
     said = _everything_said(err.value)
     assert KEY not in said and KEY[-12:] not in said
     assert err.value.__cause__ is None and err.value.__context__ is None
-    assert isinstance(err.value, to.errors.EngineAuthError) and err.value.status_code == 401
+    assert isinstance(err.value, to.errors.AuthenticationFailed) and err.value.status_code == 401
     assert "not retried" in str(err.value)
 
 
@@ -241,7 +241,7 @@ def test_both_transports_keep_the_policy(transport):
         assert time.perf_counter() - start < 3.0 and err.value.transient is True
     with FakeOpenAI(status=401) as base:
         auth = to.get_engine("openai:m", base_url=base, api_key=KEY, cache=False, transport=transport, retry_wait=0.01)
-        with pytest.raises(to.errors.EngineAuthError):
+        with pytest.raises(to.errors.AuthenticationFailed):
             auth.complete(MSG)
 
 

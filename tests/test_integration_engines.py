@@ -90,7 +90,7 @@ def test_full_backward_and_step_through_the_server(llama_server):
     prompt = to.Variable("Reply.", role="system prompt of an assistant that counts objects", requires_grad=True)
     llm = to.LLM(eng, system_prompt=prompt, max_tokens=96)
     outs = [llm(to.Variable("I have two apples and a pear. How many fruits?", role="question"))]
-    total = to.sum(to.TextLoss("Is the count right? Be brief.", engine=eng, max_tokens=96)(o) for o in outs)
+    total = to.aggregate(to.TextLoss("Is the count right? Be brief.", engine=eng, max_tokens=96)(o) for o in outs)
     total.backward(eng)
     assert len(prompt.gradients) == 1 and prompt.gradients[0].text.strip()
     opt = to.TGD([prompt], engine=eng)

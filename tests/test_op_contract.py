@@ -97,7 +97,7 @@ def test_op_context_is_typed_and_filled_by_the_framework():
     assert dataclasses.is_dataclass(out.ctx) and isinstance(out.ctx, OpContext)
     assert out.ctx.engine is eng and out.ctx.error is None
     assert [(k, v.name) for k, v in out.ctx.args] == [("system", "sp"), ("input", "q")]
-    s = to.sum([out, out])
+    s = to.aggregate([out, out])
     assert [k for k, _ in s.ctx.args] == ["", ""]  # positional by default
     assert not hasattr(OpContext(), "get")  # no dict-style access left
 
@@ -108,7 +108,7 @@ def test_objective_flag_is_carried_by_the_graph_not_guessed_from_texts():
     out = to.LLM(eng, system_prompt=p)(to.Variable("q", role="question"))
     loss = to.TextLoss("good?", engine=eng)(out)
     assert loss.is_objective and not out.is_objective
-    assert to.sum([loss, loss]).is_objective and not to.sum([out, loss]).is_objective
+    assert to.aggregate([loss, loss]).is_objective and not to.aggregate([out, loss]).is_objective
 
     class Echo(to.Function):
         """Sends its input's own text back as feedback (the old text comparison took that for an objective)."""
@@ -132,7 +132,7 @@ def test_sum_hands_objective_to_each_input():
     llm = to.LLM(eng, system_prompt=p)
     outs = [llm(to.Variable(f"q{i}", role="question")) for i in range(2)]
     eng.calls.clear()
-    to.sum(outs).backward(eng)  # no losses: the sum itself is the objective, so each output is one
+    to.aggregate(outs).backward(eng)  # no losses: the sum itself is the objective, so each output is one
     assert len(eng.calls) == 2 and all("This output is the objective" in c[-1]["content"] for c in eng.calls)
     assert len(p.gradients) == 2
 

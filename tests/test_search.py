@@ -18,7 +18,7 @@ import pytest
 
 import textopt as to
 from textopt.search import Search, SearchResult, search_report
-from textopt.search_pool import (
+from textopt.search.pool import (
     Candidate, best_id, leads, lineage, merge_options, merged_values, pareto_front, sample_parent,
 )
 

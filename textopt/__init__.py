@@ -6,6 +6,7 @@ Importing textopt is cheap and side-effect free: providers, networkx and jinja2 
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .context import using
@@ -14,48 +15,52 @@ from .errors import BudgetExceeded, EngineError, GraphError, ParseError, Textopt
 from .evaluate import EvalReport, Score, aevaluate, evaluate  # eager on purpose (stdlib only): `import textopt.evaluate` would otherwise shadow the function with the module
 from .function import Feedback, Function, OpContext, OpDescription, OpError
 from .graph import graph  # eager on purpose: `import textopt.graph` would otherwise shadow the function with the module (networkx stays lazy)
-from .loss import TextLoss
 from .module import Module
 from .image import Image, ImagesNotSupported
-from .ops import LLM, FormattedLLMCall, LLMCall, sum
-from .optim import TGD, OptoPrime, Optimizer, Proposal, StepReport, UpdateFailure
+from .loss import TextLoss
+from .ops import LLM, FormattedLLMCall, LLMCall, aggregate
+from .optim import TGD, Optimizer, OptoPrime, Proposal, StepReport, UpdateFailure
 from .trace import TraceError, trace
-from .variable import Gradient, Variable
+from .variable import Gradient, Variable  # noqa: F401  (Gradient: the old name of Feedback)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LLM", "LLMCall", "OptoPrime", "TGD", "TraceError", "BudgetExceeded", "Completion", "Engine", "EngineError", "Feedback",
-    "Function", "Gradient", "GraphError", "OpContext", "OpDescription", "OpError", "Optimizer", "ParseError", "Proposal", "StepReport", "ScriptedEngine", "TextLoss",
-    "TextoptError", "UpdateError", "UpdateFailure", "Usage", "Variable", "get_engine", "sum",
-    "trace", "graph", "track_usage", "using",
-    "Trainer", "History", "resume", "save", "load", "datasets", "aegis",  # lazy (see _LAZY)
-    "evaluate", "aevaluate", "EvalReport", "Score",
-    "Search",  # lazy: candidate search (issue 10)
-    "FormattedLLMCall", "Image", "ImagesNotSupported",  # several fields, images (issue 15)
-    "Module",  # a pipeline of steps whose trainable text is found, saved and loaded as one
-    "humaneval",  # lazy: the HumanEval code task (issue 26; its data needs the [code] extra)
+    # the graph: values, ops and their textual backward
+    "Variable", "Feedback", "Function", "OpContext", "OpDescription", "OpError", "LLM", "LLMCall", "FormattedLLMCall",
+    "TextLoss", "aggregate", "trace", "TraceError", "graph", "Image", "ImagesNotSupported",
+    # engines: every model behind one Request -> Completion interface
+    "Engine", "ScriptedEngine", "Completion", "Usage", "get_engine", "track_usage", "using",
+    # optimizers: Optimizer.step() for hand-written loops
+    "Optimizer", "TGD", "OptoPrime", "Proposal", "StepReport", "UpdateFailure",
+    # composing: a pipeline whose trainable text is found, saved and loaded as one
+    "Module",
+    # evaluation and the runners (fit() / afit() -> result with .best, .history, .run_dir)
+    "evaluate", "aevaluate", "EvalReport", "Score", "Trainer", "History", "Search", "resume", "save", "load",
+    # errors
+    "TextoptError", "GraphError", "EngineError", "ParseError", "UpdateError", "BudgetExceeded",
+    # submodules, loaded on first touch: data sets, AEGIS co-evolution, the HumanEval code task ([code] extra)
+    "datasets", "aegis", "humaneval",
 ]
 
+#: Names loaded on first touch (PEP 562), so `import textopt` stays light: the run layer (filelock, tqdm),
+#: the recipes and the optional parts are imported only when used.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "graph": ("textopt.graph", "graph"),
-    # training runs (issue 5): loaded on first touch
     "Trainer": ("textopt.train", "Trainer"),
     "History": ("textopt.train", "History"),
-    "resume": ("textopt.train", "resume"),
+    "resume": ("textopt.recipes", "resume_trainer"),
     "save": ("textopt.checkpoint", "save"),
     "load": ("textopt.checkpoint", "load"),
     "datasets": ("textopt.datasets", None),
-    "aegis": ("textopt.aegis", None),  # attack/defense co-evolution (issue 4)
-    "Search": ("textopt.search", "Search"),  # candidate search (issue 10)
-    "humaneval": ("textopt.humaneval", None),  # code task: HumanEval problems, tests in the sandbox (issue 26)
+    "aegis": ("textopt.aegis", None),
+    "Search": ("textopt.search", "Search"),
+    "humaneval": ("textopt.humaneval", None),
 }
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first touch
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         mod = importlib.import_module(module)
         value = mod if attr is None else getattr(mod, attr)

@@ -11,9 +11,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import os
 import threading
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 T = TypeVar("T")
 
@@ -144,3 +145,28 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+def sync_twin(async_fn: Callable[..., Coroutine[Any, Any, T]], doc: str | None = None) -> Callable[..., T]:
+    """The sync twin of an async function or method: the same arguments, run to completion with `run_sync`
+    (so it works in a script, in a worker thread and inside a running event loop, e.g. a notebook's).
+
+        class Trainer:
+            async def afit(self) -> History: ...
+            fit = sync_twin(afit)
+
+    A method's twin looks the async method up on the instance at call time, so a subclass that overrides
+    `afit` (or `arun`, `acall`...) gets its own override from the inherited sync name."""
+    name = async_fn.__name__
+    method = "." in async_fn.__qualname__ and not async_fn.__qualname__.endswith(f"<locals>.{name}")
+
+    @functools.wraps(async_fn)
+    def twin(*args: Any, **kwargs: Any) -> T:
+        if method:
+            return run_sync(getattr(args[0], name)(*args[1:], **kwargs))
+        return run_sync(async_fn(*args, **kwargs))
+
+    twin.__doc__ = doc or f"Sync `{name}`: the same arguments, run to completion (works inside a running event loop too)."
+    twin.__name__ = name[1:] if name.startswith("a") else name
+    twin.__qualname__ = async_fn.__qualname__.rsplit(".", 1)[0] + "." + twin.__name__ if method else twin.__name__
+    return twin

@@ -7,13 +7,13 @@ path, not the number of calls. Feedback from many consumers is condensed before 
 from __future__ import annotations
 
 import asyncio
+
 from .context import resolve_backward_engine
 from .engines.base import Engine
 from .errors import GraphError
-from .function import Feedback
-from .graph import topological_order
+from .feedback import Feedback
+from .order import topological_order
 from .prompts import elide, render_messages
-from .variable import Variable
 
 #: Up to this many gradients (and this many characters together) are passed on verbatim.
 DIRECT_LIMIT = 8
@@ -24,7 +24,7 @@ GROUP_SIZE = 4
 GRADIENT_CHARS = 2000
 
 
-def _joined(var: Variable) -> str:
+def _joined(var: "Variable") -> str:
     grads = var.gradients
     if len(grads) == 1:
         return grads[0].text
@@ -32,7 +32,7 @@ def _joined(var: Variable) -> str:
     return "\n\n".join(parts)
 
 
-async def feedback_text(var: Variable, engine: Engine) -> str:
+async def feedback_text(var: "Variable", engine: Engine) -> str:
     """All feedback on `var` as one bounded text.
 
     Up to DIRECT_LIMIT gradients totalling at most JOINED_CHARS are joined as they are (no call).
@@ -60,7 +60,7 @@ async def feedback_text(var: Variable, engine: Engine) -> str:
     return text
 
 
-async def _condense(var: Variable, texts: list[str], engine: Engine) -> str:
+async def _condense(var: "Variable", texts: list[str], engine: Engine) -> str:
     if len(texts) == 1:
         return texts[0]
     messages = render_messages("condense.j2", role=var.role, feedback=texts, limit=GRADIENT_CHARS)
@@ -69,14 +69,14 @@ async def _condense(var: Variable, texts: list[str], engine: Engine) -> str:
     return elide(text, GRADIENT_CHARS) if text else "\n".join(t[: GRADIENT_CHARS // len(texts)] for t in texts)
 
 
-async def run_backward(root: Variable, engine: Engine | str | None = None) -> None:
+async def run_backward(root: "Variable", engine: Engine | str | None = None) -> None:
     """Send textual gradients from `root` to every ancestor that requires grad.
 
     The objective: `root` when it has no feedback of its own, any variable marked `is_objective` (a
     loss's output) that received none, and inputs an op hands back as objectives (Sum does). An op whose
     output got no feedback and is no objective is skipped: there is nothing to send back through it.
     """
-    if not isinstance(root, Variable):
+    if not hasattr(root, "grad_fn"):  # a textopt.Variable (not imported here: variable.py imports this module)
         raise TypeError(f"backward starts from a Variable, got {type(root).__name__}")
     if not root.requires_grad:
         raise GraphError(
@@ -99,7 +99,7 @@ async def run_backward(root: Variable, engine: Engine | str | None = None) -> No
     errors: list[BaseException] = []
     remaining = [sum(1 for v in order if v.grad_fn is not None)]
 
-    async def visit(var: Variable) -> None:
+    async def visit(var: "Variable") -> None:
         try:
             targets = [p for p in var.parents if id(p) in in_graph]
             fb: Feedback | None = None
@@ -132,7 +132,7 @@ async def run_backward(root: Variable, engine: Engine | str | None = None) -> No
         if remaining[0] == 0:
             done.set()
 
-    def schedule(var: Variable) -> None:
+    def schedule(var: "Variable") -> None:
         task = asyncio.ensure_future(visit(var))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from typing import Sequence
+
+from .commands._common import interrupted_line, one_line, user_error
 
 COMMANDS = ("optimize", "resume", "report", "aegis", "doctor")
 
@@ -40,8 +45,6 @@ class _Interrupt:
         self.args, self.said, self.hit = args, False, False
 
     def line(self) -> str:
-        from .commands._common import interrupted_line
-
         return f"textopt {self.args.command}: {interrupted_line(getattr(self.args, 'run_out', None))}"
 
     def say(self) -> None:
@@ -50,9 +53,6 @@ class _Interrupt:
             print(self.line(), file=sys.stderr, flush=True)
 
     def handler(self, signum: int, frame: object) -> None:
-        import os
-        import threading
-
         if self.hit:
             self._exit(os)
         self.hit = True
@@ -78,11 +78,6 @@ class _Interrupt:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-    import threading
-
-    from .commands._common import one_line, user_error
-
     args = build_parser().parse_args(argv)
     args.run_out = None  # a command sets this once its run directory and spec.json exist
     interrupt = _Interrupt(args)

@@ -12,6 +12,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Iterator
 
+from .engines import as_engine, get_engine
+
 if TYPE_CHECKING:
     from .engines.base import Engine
 
@@ -28,8 +30,6 @@ EngineLike = "Engine | str | None"
 @contextlib.contextmanager
 def using(engine: "Engine | str | None" = None, backward_engine: "Engine | str | None" = None) -> Iterator[None]:
     """Make `engine` (forward calls) and `backward_engine` (gradients, updates) the defaults in this scope."""
-    from .engines import as_engine
-
     tokens = []
     if engine is not None:
         tokens.append((_engine, _engine.set(as_engine(engine))))
@@ -43,8 +43,6 @@ def using(engine: "Engine | str | None" = None, backward_engine: "Engine | str |
 
 
 def _fallback() -> "Engine":
-    from .engines import get_engine
-
     spec = os.environ.get("TEXTOPT_ENGINE", "local")
     with _fallback_lock:
         if spec not in _fallbacks:
@@ -54,8 +52,6 @@ def _fallback() -> "Engine":
 
 def resolve_engine(engine: "Engine | str | None" = None) -> "Engine":
     """The engine for a forward call."""
-    from .engines import as_engine
-
     if engine is not None:
         return as_engine(engine)
     return _engine.get() or _fallback()
@@ -64,8 +60,6 @@ def resolve_engine(engine: "Engine | str | None" = None) -> "Engine":
 def resolve_backward_engine(engine: "Engine | str | None" = None, graph_engine: "Engine | None" = None) -> "Engine":
     """The engine for gradients and updates: explicit, then the scoped backward default, then the scoped
     forward default, then the engine that produced the output being differentiated (graph_engine)."""
-    from .engines import as_engine
-
     if engine is not None:
         return as_engine(engine)
     return _backward_engine.get() or _engine.get() or graph_engine or _fallback()

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+try:
+    from .scores import Score
+except ImportError:  # loaded as a file of its own (a benchmark's isolated process reads it by path): plain tuples
+    Score = None  # type: ignore[assignment,misc]
+
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 _FRUITS = ["apple", "banana", "orange", "plum", "peach", "grape", "pear", "cherry"]
 _ANIMALS = ["dog", "cat", "rabbit", "goat", "cow", "duck", "horse", "snake"]
@@ -203,12 +208,8 @@ def label_metric(task: str | Sequence[str]) -> Callable[[Any, Any], Any]:
     """metric(example, output) for a label task (a task name from LABELS, or the label words themselves).
 
     `output` may be a Variable or a string; the example needs an `answer` (attribute or key). Returns a
-    `textopt.evaluate.Score(value, feedback)` when that module is present, else a (score, feedback) tuple."""
+    `textopt.Score(value, feedback)` (a (score, feedback) tuple when this file is loaded on its own)."""
     labels = tuple(LABELS[task]) if isinstance(task, str) else tuple(task)
-    try:
-        from .evaluate import Score  # type: ignore[attr-defined]
-    except ImportError:  # evaluation layer not there yet: plain tuples
-        Score = None  # type: ignore[assignment]  # noqa: N806
 
     def metric(example: Any, output: Any) -> Any:
         answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)

@@ -1,6 +1,9 @@
 """Exceptions that name what went wrong and what to do about it."""
 from __future__ import annotations
 
+import re
+from typing import Any
+
 
 class TextoptError(Exception):
     """Base class of every textopt error."""
@@ -31,8 +34,9 @@ class EngineError(TextoptError):
         self.transient = transient
 
 
-class EngineAuthError(EngineError):
-    """The provider refused the credentials (401/403): every further call would fail the same way."""
+class AuthenticationFailed(EngineError):
+    """The provider refused the credentials (401/403): every further call would fail the same way, so a run
+    stops instead of spending on calls that can't help."""
 
 
 class EngineNotReady(TextoptError):
@@ -62,3 +66,40 @@ class ParseError(TextoptError):
 
 class UpdateError(TextoptError):
     """An optimizer could not produce a usable new value (raised only in strict mode)."""
+
+
+class RunError(TextoptError):
+    """A run directory can't be used as asked (in use, corrupt, not a run). The message says what to do."""
+
+
+class RunLocked(RunError):
+    """Another run holds the directory's lock."""
+
+
+class CodeNeeded(RunError, TypeError):
+    """A run made in Python was resumed without its code (forward, loss, optimizer, data): only the caller has it."""
+
+
+class CheckpointError(RunError):
+    """No readable checkpoint (neither the newest nor its backup)."""
+
+
+def is_auth_error(error: Any) -> bool:
+    """True for a provider's 401/403 (an exception, its cause, or the text of a recorded failure)."""
+    seen = 0
+    while isinstance(error, BaseException) and seen < 5:
+        if isinstance(error, AuthenticationFailed):
+            return True
+        for attr in ("status", "status_code", "http_status"):
+            if getattr(error, attr, None) in (401, 403):
+                return True
+        if type(error).__name__ in ("AuthenticationError", "PermissionDeniedError"):
+            return True
+        nxt = error.__cause__ or error.__context__
+        if nxt is None:
+            error = str(error)
+            break
+        error, seen = nxt, seen + 1
+    text = str(getattr(error, "error", error))
+    return bool(re.search(r"AuthenticationError|PermissionDeniedError|\b(?:Error code|status(?: code)?|HTTP)\W{0,3}(?:401|403)\b"
+                          r"|\b401 Unauthorized\b|\b403 Forbidden\b|[Ii]ncorrect API key|[Ii]nvalid API key", text))

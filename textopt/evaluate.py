@@ -21,11 +21,17 @@ import json
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
+from ._sync import sync_twin
+from .checkpoint import atomic_write_text
+from .datasets import exact_match
 from .errors import BudgetExceeded, EngineUnavailable
+from .scores import Score, as_number
+from .trace import TraceError
 from .variable import Variable
 
 #: Examples in flight when `concurrency` is None.
@@ -48,21 +54,6 @@ def time_scoring() -> Iterator[list[float]]:
         yield clock
     finally:
         _scoring_clocks.reset(token)
-
-
-@dataclass
-class Score:
-    """A metric's score with the reason for it: `feedback` is what the optimizer's reflection reads."""
-
-    value: float
-    feedback: str = ""
-
-    def __post_init__(self) -> None:
-        number = as_number(self.value)
-        if number is None or not math.isfinite(number):
-            raise ValueError(f"Score.value must be a finite number, got {self.value!r}")
-        self.value = number
-        self.feedback = "" if self.feedback is None else str(self.feedback)
 
 
 @dataclass
@@ -122,8 +113,6 @@ class EvalReport:
 
     def save(self, path: str | Path) -> Path:
         """Write one JSON object per row (example, output, score, feedback, error) atomically."""
-        from .checkpoint import atomic_write_text
-
         lines = [json.dumps({"index": i, **row.to_dict()}, ensure_ascii=False, default=_jsonable) for i, row in enumerate(self.rows)]
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         return Path(path)
@@ -176,33 +165,10 @@ def bootstrap_ci(scores: Sequence[float], *, seed: int = 0, level: float = 0.95,
 
 def default_metric(example: Any, output: Variable) -> float | None:
     """Exact match against `example.answer` (or example["answer"]); None when the example has no answer."""
-    from .datasets import exact_match
-
     answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
     if answer is None:
         return None
     return float(exact_match(output.text, str(answer)))
-
-
-def as_number(value: Any) -> float | None:
-    """`value` as a float when it is a number: bool, int, float, or a numpy/pandas/torch scalar (np.int64(1),
-    np.bool_(True), a one-element array: anything with .item() giving one of these); else None."""
-    import numbers
-
-    if isinstance(value, (bool, int, float)) or isinstance(value, numbers.Real):
-        try:
-            return float(value)
-        except (TypeError, ValueError, OverflowError):
-            return None
-    item = getattr(value, "item", None)
-    if callable(item) and not isinstance(value, (str, bytes, dict, list, tuple)):
-        try:
-            inner = item()
-        except Exception:  # noqa: BLE001 - not a scalar (an array of many values)
-            return None
-        if isinstance(inner, (bool, int, float)):
-            return float(inner)
-    return None
 
 
 def as_score(value: Any) -> tuple[float | None, str]:
@@ -238,8 +204,6 @@ class _Caller:
             result = await fn(*args)
         else:
             if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="textopt-eval")
             ctx = contextvars.copy_context()
             result = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn, *args))
@@ -263,8 +227,6 @@ async def score_examples(
     forward: Forward, examples: Sequence[Any], metric: Metric | None = None, *, concurrency: int | None = None,
 ) -> list[Scored]:
     """The rows of an evaluation, each with its output node (what Search feeds back to the proposer)."""
-    from .trace import TraceError
-
     limit = DEFAULT_CONCURRENCY if concurrency is None else concurrency
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"concurrency must be an integer >= 1 or None, got {concurrency!r}")
@@ -312,13 +274,7 @@ async def aevaluate(
     return EvalReport([s.row for s in await score_examples(forward, list(examples), metric, concurrency=concurrency)], seed=seed)
 
 
-def evaluate(
-    forward: Forward, examples: Sequence[Any], metric: Metric | None = None, *, concurrency: int | None = None, seed: int = 0,
-) -> EvalReport:
-    """Sync `aevaluate` (works in scripts and inside a notebook's running event loop)."""
-    from ._sync import run_sync
-
-    return run_sync(aevaluate(forward, examples, metric, concurrency=concurrency, seed=seed))
+evaluate = sync_twin(aevaluate, "Sync `aevaluate` (works in scripts and inside a notebook's running event loop).")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -336,3 +292,21 @@ def _jsonable(obj: Any) -> Any:
 def _short(example: Any, limit: int = 60) -> str:
     text = repr(example)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def paired_gain(before: Any, after: Any, *, seed: int = 0, resamples: int = 2000) -> tuple[float, tuple[float, float]] | None:
+    """Mean of after - before over the same test examples, and its 95% percentile-bootstrap interval
+    (the examples resampled in pairs: tighter than comparing the two reports' own intervals)."""
+    if not before or not after or len(before.rows) != len(after.rows):
+        return None
+    diffs = [(a.score or 0.0) - (b.score or 0.0) for b, a in zip(before.rows, after.rows)
+             if a.score is not None and b.score is not None]
+    if not diffs:
+        return None
+    mean = sum(diffs) / len(diffs)
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
+    return round(mean, 4), (round(min(low, mean), 4), round(max(high, mean), 4))
+

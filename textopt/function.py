@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ._sync import run_sync
 from .errors import TextoptError
+from .feedback import Feedback
 from .variable import Variable
 
 if TYPE_CHECKING:
@@ -43,18 +44,6 @@ class OpDescription:
     args: list[tuple[str, Any]] = field(default_factory=list)
     doc: str = ""
     note: str = ""
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """What backward hands an op about its output. is_objective: the output *is* the objective (a loss),
-    so `text` is the output itself and the task is to improve it, not to follow further feedback.
-
-    An op's backward may also return a Feedback with is_objective=True for an input (as Sum does when
-    it is the objective): that input then counts as an objective itself in this backward pass."""
-
-    text: str
-    is_objective: bool = False
 
 
 class OpError(TextoptError):

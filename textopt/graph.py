@@ -8,54 +8,18 @@ networkx is imported on first use, never with textopt itself.
 """
 from __future__ import annotations
 
+import html
+import shutil
+import subprocess
 from typing import Any
 
 from .errors import GraphError
 from .function import OpDescription
+from .order import topological_order  # noqa: F401  (re-exported: textopt.graph.topological_order)
 from .variable import Variable
 
 LABEL_CHARS = 40
 _COLORS = {"trainable": "#ffd966", "error": "#f4a6a6", "op": "#dbe8fb", "leaf": "#eeeeee"}
-
-
-def topological_order(root: Variable, *, requires_grad_only: bool = False) -> list[Variable]:
-    """`root` and its ancestors, each after all its consumers (root first); iterative, so deep chains are fine.
-
-    requires_grad_only: follow only parents that require grad (what backward visits).
-    Every walk of the graph (backward, OptoPrime, `graph()`) goes through here, so each one raises the
-    same GraphError, naming the variables on the cycle, when parents were re-pointed into a loop.
-    """
-    order: list[Variable] = []
-    state: dict[int, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[tuple[Variable, int]] = [(root, 0)]
-    path: list[Variable] = []
-    while stack:
-        var, i = stack.pop()
-        if i == 0:
-            if state.get(id(var)) == 2:
-                continue
-            state[id(var)] = 1
-            path.append(var)
-        parents = [p for p in var.parents if p.requires_grad] if requires_grad_only else var.parents
-        if i < len(parents):
-            stack.append((var, i + 1))
-            p = parents[i]
-            s = state.get(id(p))
-            if s == 1:
-                cycle = path[path.index(p):] + [p]
-                names = " -> ".join(v.name for v in cycle)
-                raise GraphError(
-                    f"the graph has a cycle through variable {p.name!r} ({names}); a variable can't be its own ancestor: "
-                    "build a new Variable instead of re-pointing parents"
-                )
-            if s is None:
-                stack.append((p, 0))
-        else:
-            state[id(var)] = 2
-            path.pop()
-            order.append(var)
-    order.reverse()  # post-order reversed: consumers before producers
-    return order
 
 
 def describe(var: Variable) -> OpDescription | None:
@@ -128,9 +92,6 @@ def to_dot(g: Any) -> str:
 
 def to_svg(g: Any, *, engine: str = "auto") -> str:
     """SVG of the graph: graphviz `dot` when installed (engine="auto"/"dot"), else a built-in layered layout."""
-    import shutil
-    import subprocess
-
     dot = shutil.which("dot") if engine in ("auto", "dot") else None
     if engine == "dot" and dot is None:
         raise RuntimeError("graphviz's `dot` is not on PATH; install graphviz (e.g. apt-get install graphviz) or use engine='builtin'")
@@ -145,9 +106,7 @@ def to_svg(g: Any, *, engine: str = "auto") -> str:
 
 def _builtin_svg(g: Any, max_nodes: int = 200) -> str:
     """A plain layered drawing (one row per topological generation), enough to read small graphs inline."""
-    import html
-
-    import networkx as nx
+    import networkx as nx  # networkx is optional: only graph export needs it
 
     nodes = list(nx.topological_sort(g))
     shown = set(nodes if len(nodes) <= max_nodes else nodes[: max_nodes // 2] + nodes[-max_nodes // 2 :])
@@ -185,7 +144,7 @@ _CLASS: list[Any] = []
 
 def _graph_class() -> Any:
     if not _CLASS:
-        import networkx as nx
+        import networkx as nx  # networkx is optional: only graph export needs it
 
         class Graph(nx.DiGraph):
             """A networkx DiGraph of a textopt run that can draw itself (DOT, SVG, inline in Jupyter)."""

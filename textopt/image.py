@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import mimetypes
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,8 +67,6 @@ class Image:
         if self.url is not None and self.url.startswith("data:"):
             return self.url[5:].split(";", 1)[0].split(",", 1)[0] or "image/png"
         if self.path is not None:
-            import mimetypes
-
             guess = mimetypes.guess_type(self.path.name)[0]
             if guess and guess.startswith("image/"):
                 return guess

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ._sync import sync_twin
 from .engines.base import Engine
+from .ops.formatted import FormattedLLMCall
 from .ops.llm import LLMCall
 from .variable import Variable
 
@@ -29,8 +31,6 @@ class TextLoss:
         self.fields = dict(fields) if fields is not None else None
         self._op: Any = None
         if self.fields is not None:
-            from .ops.formatted import FormattedLLMCall
-
             if template is None:
                 template = "\n".join(f"{name} ({{{{ {name}.role }}}}):\n{{{{ {name} }}}}" for name in self.fields) \
                     + "\nEvaluate these as instructed."
@@ -53,7 +53,4 @@ class TextLoss:
         out.is_objective = True  # backward shows it as the thing to improve
         return out
 
-    def __call__(self, x: Variable | str | None = None, /, **fields: Any) -> Variable:
-        from ._sync import run_sync
-
-        return run_sync(self.acall(x, **fields))
+    __call__ = sync_twin(acall)

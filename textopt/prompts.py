@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .errors import TextoptError
+from .text import as_text
 
 # Tags our templates use for structure. Content that contains them is escaped (`<` -> `&lt;`, see escape_tags).
 RESERVED_TAGS = (
@@ -58,8 +59,6 @@ def elide(text: str, limit: int) -> str:
 
 def data(value: Any, tag: str = "data", limit: int | None = None) -> str:
     """Wrap `value` in <tag>...</tag> with our tags escaped; optionally cut to `limit` chars with a marker."""
-    from .variable import as_text
-
     text = as_text(value)
     if limit is not None:
         text = elide(text, limit)
@@ -130,7 +129,7 @@ def check_dir(folder: Path) -> None:
 def check_template(name: str, source: str, origin: str) -> None:
     """Raise TemplateError (one line naming `origin`) when `source` can't stand in for built-in template `name`:
     unknown name, jinja2 syntax error, a variable the built-in doesn't get, or no user block where it has one."""
-    import jinja2
+    import jinja2  # jinja2 loads on first use: `import textopt` stays light
     from jinja2 import meta
 
     known = builtin_names()
@@ -200,7 +199,7 @@ def _read(path: Path, origin: str) -> str:
 
 
 def _loader(folders: list[str]) -> Any:
-    import jinja2
+    import jinja2  # jinja2 loads on first use: `import textopt` stays light
 
     class Loader(jinja2.BaseLoader):
         """The current optimizer's overrides, then the override directory, then the built-ins."""
@@ -225,7 +224,7 @@ def _env() -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _env_for(folder: str) -> Any:
-    import jinja2
+    import jinja2  # jinja2 loads on first use: `import textopt` stays light
 
     env = jinja2.Environment(
         loader=_loader(([folder] if folder else []) + [str(prompt_dir())]),
@@ -241,7 +240,7 @@ def _env_for(folder: str) -> Any:
 
 
 def _template(name: str) -> Any:
-    import jinja2
+    import jinja2  # jinja2 loads on first use: `import textopt` stays light
 
     try:
         return _env().get_template(name)

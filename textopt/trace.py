@@ -6,7 +6,7 @@ the function is trainable). Nothing is registered anywhere: the graph is only th
 
 Trainable code runs isolated by default (`isolation="process"`): in a warm worker process, with a
 wall-clock limit covering compile and call, a memory limit and no secret environment variables (see
-textopt/sandbox.py, which also says what the code sees and what it does not protect against). Exits,
+textopt/sandbox/, which also says what the code sees and what it does not protect against). Exits,
 interrupts, crashes, hangs and memory blow-ups of code an optimizer wrote become error nodes.
 `isolation="thread"` runs it in-process instead, in a fresh daemon thread with the time limit: when time
 is up the thread is stopped by raising an exception into it (CPython's PyThreadState_SetAsyncExc,
@@ -15,9 +15,9 @@ that catches BaseException. `isolation="none"` calls it directly. No sys.settrac
 """
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextvars
+import ctypes
 import functools
 import inspect
 import itertools
@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .engines.base import Engine
 from .function import Feedback, Function, OpContext, OpDescription, OpError
+from .prompts import render_messages
+from .sandbox import arun_isolated, check_isolation, run_isolated
+from .source import CodeVariable, find_source
 from .variable import Variable, as_text
 
 if TYPE_CHECKING:
@@ -50,146 +53,8 @@ class TraceTimeout(BaseException):
     """Raised inside trainable code whose time is up (a BaseException, so `except Exception` can't swallow it)."""
 
 
-# -- source --------------------------------------------------------------------------------------
-def _ipython_cells() -> list[str]:
-    ip_mod = sys.modules.get("IPython")
-    if ip_mod is None:
-        return []
-    try:
-        ip = ip_mod.get_ipython()
-    except Exception:
-        return []
-    if ip is None:
-        return []
-    cells = ip.user_ns.get("In") or []
-    return [c for c in cells if isinstance(c, str)]
-
-
-def _def_in(text: str, name: str) -> tuple[str, int] | None:
-    """The source of the last top-level-or-nested def `name` in `text`, and the line it starts on (1-based)."""
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(text))
-    except SyntaxError:
-        return None
-    found = None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-            found = node
-    if found is None:
-        return None
-    lines = textwrap.dedent(text).splitlines()
-    return "\n".join(lines[found.lineno - 1 : found.end_lineno]), found.lineno
-
-
-def find_source(fn: Callable[..., Any]) -> tuple[str, str, int] | None:
-    """(source without decorators, filename, first line number of `def`), or None when it can't be found.
-
-    inspect (which reads linecache: files, and notebook cells registered by IPython), then the IPython
-    input history. A plain `python` REPL keeps no source, so there it is None.
-    """
-    code = getattr(fn, "__code__", None)
-    filename = code.co_filename if code else "<unknown>"
-    try:
-        lines, start = inspect.getsourcelines(fn)
-        found = _def_in("".join(lines), fn.__name__)
-        if found is not None:
-            return found[0], filename, start + found[1] - 1
-    except (OSError, TypeError):
-        pass
-    for cell in reversed(_ipython_cells()):
-        if f"def {fn.__name__}" in cell:
-            found = _def_in(cell, fn.__name__)
-            if found is not None:
-                return found[0], "<ipython-history>", found[1]
-    return None
-
-
-def _signature_key(args: ast.arguments) -> tuple[Any, ...]:
-    """Names and kinds of parameters, and how many have defaults (annotations may change)."""
-    return (
-        tuple(a.arg for a in args.posonlyargs),
-        tuple(a.arg for a in args.args),
-        args.vararg.arg if args.vararg else None,
-        tuple(a.arg for a in args.kwonlyargs),
-        args.kwarg.arg if args.kwarg else None,
-        len(args.defaults),
-        tuple(d is not None for d in args.kw_defaults),
-    )
-
-
-def strip_fences(text: str) -> str:
-    """Code as LLMs like to send it (```python ... ```) -> the code."""
-    t = text.strip()
-    if t.startswith("```"):
-        body = t.split("\n", 1)[1] if "\n" in t else ""
-        if body.rstrip().endswith("```"):
-            body = body.rstrip()[:-3]
-        return body.strip("\n")
-    return text
-
-
-def _function_node(source: str, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
-    tree = ast.parse(source)
-    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
-    if not defs:
-        raise ValueError(f"the code defines no top-level function named {name!r}")
-    return defs[-1]
-
-
-class CodeVariable(Variable):
-    """The source code of a trainable traced function. `check(new)` says why a new version can't be used."""
-
-    def __init__(self, source: str, *, function_name: str, is_async: bool, role: str, name: str) -> None:
-        super().__init__(source, role=role, requires_grad=True, name=name)
-        self.function_name = function_name
-        self.is_async = is_async
-        self._signature = _signature_key(_function_node(source, function_name).args)
-
-    def check(self, new_source: str) -> str | None:
-        """None when `new_source` may replace the code; else the reason it can't (never runs the code)."""
-        if not isinstance(new_source, str) or not new_source.strip():
-            return "the new code is empty"
-        try:
-            tree = ast.parse(new_source)
-        except SyntaxError as exc:
-            return f"the new code does not parse: {exc.msg} at line {exc.lineno}"
-        for node in tree.body:
-            ok = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign))
-            ok = ok or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
-            if not ok:
-                return (
-                    f"the new code has a top-level {type(node).__name__} statement at line {node.lineno}; "
-                    "send only the function definition (plus imports or helpers)"
-                )
-        try:
-            node = _function_node(new_source, self.function_name)
-        except ValueError as exc:
-            return f"{exc}; keep the name {self.function_name!r}"
-        if isinstance(node, ast.AsyncFunctionDef) != self.is_async:
-            return f"{self.function_name!r} must stay {'async ' if self.is_async else ''}def"
-        if _signature_key(node.args) != self._signature:
-            return (
-                f"the signature changed to ({ast.unparse(node.args)}); keep the parameters of {self.function_name!r} "
-                "(names, kinds, defaults) exactly as they are"
-            )
-        return None
-
-    def set_value(self, value: str) -> None:
-        """Replace the code; a version that doesn't parse or changes name/signature is refused (ValueError)."""
-        if isinstance(value, str):
-            value = strip_fences(value)
-        reason = self.check(value)
-        if reason is not None:
-            raise ValueError(f"new code for {self.name!r} rejected: {reason}")
-        super().set_value(value)
-
-
 # -- running with a time limit ------------------------------------------------------------------
 def _interrupt(thread: threading.Thread) -> None:
-    import ctypes
-
     if thread.ident is not None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TraceTimeout))
 
@@ -288,8 +153,6 @@ class TracedCall(Function):
         fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
         try:  # trainable code is compiled inside the time limit too (its module-level statements run then)
             if fn.isolation not in ("thread", "none"):
-                from .sandbox import run_isolated
-
                 return run_isolated(fn.fn, name=fn.name, source=ctx.saved["source"], is_async=fn.is_async, args=args,
                                     kwargs=kwargs, timeout=fn.timeout, sandbox=fn.isolation)
             if fn.timeout is not None:
@@ -302,8 +165,6 @@ class TracedCall(Function):
         fn, (args, kwargs) = self.traced, ctx.saved.pop("call")
         try:
             if fn.isolation not in ("thread", "none"):
-                from .sandbox import arun_isolated
-
                 return await arun_isolated(fn.fn, name=fn.name, source=ctx.saved["source"], is_async=fn.is_async,
                                            args=args, kwargs=kwargs, timeout=fn.timeout, sandbox=fn.isolation)
             if fn.timeout is not None:
@@ -331,8 +192,6 @@ class TracedCall(Function):
                              note=f"runs {fn.code.name}" if fn.code is not None else "")
 
     async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str]:
-        from .prompts import render_messages
-
         targets = [p for p in output.parents if p.requires_grad]
         code = ctx.saved["code"]
 
@@ -381,8 +240,6 @@ class Traced:
         self.description = (description or inspect.getdoc(fn) or "").strip()
         self.trainable = trainable
         if trainable or isolation is not None:
-            from .sandbox import check_isolation
-
             isolation = check_isolation(isolation, trainable=trainable, timeout=timeout)
         self.isolation = isolation or "none"  # "process" | a Sandbox | "thread" | "none"
         self.timeout = timeout if timeout is not None else (DEFAULT_TIMEOUT if trainable and self.isolation != "none" else None)
@@ -544,7 +401,7 @@ def trace(
     trainable=, timeout=)`. trainable=True makes the source code a Variable an optimizer can rewrite;
     its calls then run with a time limit (`timeout` seconds, default DEFAULT_TIMEOUT) in a worker process
     (`isolation="process"`, or a textopt.sandbox.Sandbox for other limits); `isolation="thread"` or `"none"`
-    runs them in this process (see textopt/sandbox.py for what each protects against)."""
+    runs them in this process (see textopt/sandbox/ for what each protects against)."""
     def wrap(f: Callable[..., Any]) -> Traced:
         return Traced(f, name=name, description=description, trainable=trainable, timeout=timeout, isolation=isolation)
 

@@ -2,7 +2,7 @@
 checkpoint after every step from which a killed run resumes to the same result.
 
 A step: the forward passes of a minibatch run concurrently (bounded by `concurrency`), their losses are
-joined with `to.sum` into one backward, and the optimizer makes one update. Then validation decides,
+joined with `to.aggregate` into one backward, and the optimizer makes one update. Then validation decides,
 with keep_best, whether the new values stay. The run directory, usage and cost, the log, checkpoints,
 budgets and callbacks belong to the run layer (`textopt.run.Run`, `trainer.run`); the Trainer owns
 only the training state (parameters, optimizer state, history, RNG and data order).
@@ -28,15 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from ._sync import run_sync
+from ._sync import sync_twin
+from .datasets import exact_match
 from .errors import BudgetExceeded, EngineError
+from .evaluate import aevaluate
+from .ops.sum import aggregate
+from .optim.base import Optimizer
 from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec, usage_columns
 from .variable import Variable
 
 if TYPE_CHECKING:
     from .engines.base import Engine
     from .evaluate import EvalReport
-    from .optim.base import Optimizer
 
 __all__ = ["CHECKPOINT", "SPEC", "History", "TrainState", "Trainer", "default_metric", "fingerprint", "resume"]
 
@@ -50,8 +53,6 @@ Metric = Callable[[Any, Variable], "float | None"]
 
 def default_metric(example: Any, output: Variable) -> float | None:
     """Exact match against `example.answer` (or example["answer"]); None when the example has no answer."""
-    from .datasets import exact_match
-
     answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
     if answer is None:
         return None
@@ -221,8 +222,6 @@ class Trainer:
         callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
         spec: dict[str, Any] | None = None,
     ) -> None:
-        from .optim.base import Optimizer
-
         if not callable(forward) or not callable(loss):
             raise TypeError("Trainer needs forward(example) -> Variable and loss(example, output) -> Variable functions")
         if not isinstance(optimizer, Optimizer):
@@ -274,9 +273,6 @@ class Trainer:
         st = self.state
         return History(st.rows, dict(st.initial), self._values(), st.stopped, str(self.run.dir) if self.run.dir else None)
 
-    def fit(self) -> History:
-        """Run to the end (steps done, early stop, or budget) and return the History. Sync wrapper of `afit`."""
-        return run_sync(self.afit())
 
     async def afit(self) -> History:
         st = self.state
@@ -300,12 +296,12 @@ class Trainer:
             self.run.end(stopped=st.stopped, step=st.global_step, best_val=st.best_val, usage=dict(self.run.totals))
         return self.history
 
+    fit = sync_twin(afit, "Run to the end (steps done, early stop, or budget) and return the History (sync `afit`).")
+
     async def evaluate(self, examples: Sequence[Any], name: str | None = None) -> "EvalReport":
         """Score the current parameters on `examples` (forward passes only, `concurrency` at a time) with
         `textopt.evaluate`: per-example rows, mean and interval. With `name`, the report is kept in the run
         directory (evals/<name>.jsonl). A provider failure stops the run instead of scoring 0."""
-        from .evaluate import aevaluate
-
         async def forward(example: Any) -> Any:
             try:
                 return await _call(self.forward, example)
@@ -340,8 +336,6 @@ class Trainer:
                       **usage_columns(usage), "seconds": round(time.perf_counter() - start, 3), "failures": 0})
 
     async def _one_step(self) -> None:
-        from .ops.sum import sum as tsum
-
         st = self.state
         saved = (self._values(), st.snapshot(), json.loads(json.dumps(self.optimizer.state_dict())))
         start = time.perf_counter()
@@ -359,7 +353,7 @@ class Trainer:
                 train_score = _mean(await asyncio.gather(*(self._score(ex, out) for ex, (out, _) in zip(batch, pairs))))
                 self.optimizer.zero_grad()
                 losses = [loss for _, loss in pairs]
-                total = losses[0] if len(losses) == 1 else tsum(losses)
+                total = losses[0] if len(losses) == 1 else aggregate(losses)
                 await self.optimizer.abackward(total, engine=_backward_engine(self.backward_engine, self.optimizer, losses))  # the optimizer's feedback hook
                 failures_before = len(self.optimizer.failures)
                 before = self._values()
@@ -412,7 +406,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for p in self.parameters:
             p.set_value(state["parameters"][p.name])
-        self.resumed = self.run.resume = True
+        self.resumed = self.run.resuming = True
 
     def _python_spec(self) -> dict[str, Any]:
         return {"recipe": None, "options": self.options, "parameters": [p.name for p in self.parameters],
@@ -427,7 +421,7 @@ class Trainer:
         self.run.save_checkpoint(state)  # the authoritative state, written last
 
 
-def resume(
+def trainer_from_run_dir(
     run_dir: str | Path,
     *,
     forward: Forward | None = None,
@@ -438,24 +432,16 @@ def resume(
     metric: Metric | None = None,
     **overrides: Any,
 ) -> Trainer:
-    """A Trainer that continues the run in `run_dir` from its last completed step; call `.fit()` on it.
-
-    Runs made from a recipe (`textopt optimize`) rebuild themselves from spec.json. Runs made in Python
-    need the code again: forward, loss, an optimizer over Variables with the same names, and the same
-    train/val data (checked by fingerprint). overrides (e.g. steps=10, budget_tokens=..., callbacks=[...])
-    replace saved options.
+    """The Trainer that continues a run made in Python (`Trainer(..., run_dir=...)`) from its last completed
+    step; call `.fit()` on it. `textopt.resume` (textopt.recipes) calls this for such runs and rebuilds recipe
+    runs itself. It needs the code again: forward, loss, an optimizer over Variables with the same names, and
+    the same train/val data (checked by fingerprint). overrides (e.g. steps=10, budget_tokens=...,
+    callbacks=[...]) replace saved options.
     """
     spec = read_spec(run_dir)
     if spec.get("recipe"):
-        from . import recipes
-
-        display = {k: overrides.pop(k) for k in ("callbacks", "progress") if k in overrides}
-        job = recipes.resume(run_dir, **display, **overrides)
-        trainer = getattr(job, "trainer", None)
-        if trainer is None:
-            raise RunError(f"{run_dir} is a {spec.get('kind')!r} run, not a Trainer run; continue it with "
-                           f"textopt.recipes.resume({str(run_dir)!r}).run() or `textopt resume {run_dir}`")
-        return trainer
+        raise RunError(f"{run_dir} was made by the {spec['recipe']!r} recipe; continue it with textopt.resume(run_dir) "
+                       f"or `textopt resume {run_dir}`")
     if spec.get("kind") != "trainer":
         raise RunError(f"{Path(run_dir) / SPEC} holds a {spec.get('kind')!r} run, not a Trainer run")
     missing = [n for n, v in (("forward", forward), ("loss", loss), ("optimizer", optimizer), ("train", train)) if v is None]
@@ -468,7 +454,7 @@ def resume(
     options = {**spec["options"], **overrides}
     trainer = Trainer(forward, loss, optimizer, train=train, val=val, metric=metric, run_dir=run_dir,  # type: ignore[arg-type]
                       **options)
-    trainer.run.resume = trainer.resumed = True
+    trainer.run.resuming = trainer.resumed = True
     trainer.run.load_checkpoint(trainer.load_state_dict)
     if "steps" in overrides:
         trainer.total_steps = overrides["steps"]

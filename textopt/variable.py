@@ -6,17 +6,23 @@ graph goes with them. There is no registry.
 from __future__ import annotations
 
 import functools
+import io
 import itertools
-import json
+import pickle
 import re
-from dataclasses import dataclass
-from typing import Callable, TYPE_CHECKING, Any, Iterable
+import string
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ._sync import run_sync
+from ._sync import sync_twin
+from .backward import run_backward
+from .feedback import Feedback
+from .text import as_text  # noqa: F401  (re-exported: textopt.variable.as_text)
+
+#: The old name of Feedback, kept so that Variables pickled before the merge still load.
+Gradient = Feedback
 
 if TYPE_CHECKING:
     from .engines.base import Engine
-    from .function import Function, OpContext
 
 _counter = itertools.count(1)
 
@@ -25,29 +31,6 @@ _counter = itertools.count(1)
 def _slug(role: str) -> str:
     s = re.sub(r"[^a-z0-9]+", "_", role.lower()).strip("_")
     return (s[:32].rstrip("_") or "var")
-
-
-@dataclass(frozen=True)
-class Gradient:
-    """One piece of textual feedback: what it says and which consumer sent it."""
-
-    text: str
-    source: str = ""  # name of the variable whose op produced this feedback
-    source_role: str = ""
-
-
-def as_text(value: Any) -> str:
-    """How a value reads wherever an LLM sees it: str as is, JSON when it can be, else repr."""
-    if isinstance(value, str):
-        return value
-    from .image import Image
-
-    if isinstance(value, Image):  # an image reads as a short description (its bytes go to the model as image content)
-        return value.describe()
-    try:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 class Variable:
@@ -95,9 +78,9 @@ class Variable:
             template_fields(value) if isinstance(value, str) and "template" in role.lower() else frozenset())
         #: Optional rule for new values: returns why a value is refused (optimizers re-ask once with it), or None.
         self.validate = validate
-        self.gradients: list[Gradient] = []
-        self.grad_fn: "Function | None" = None
-        self.ctx: "OpContext | None" = None
+        self.gradients: list[Feedback] = []
+        self.grad_fn: Any = None  # the op (a textopt.function.Function) that made it; function.py imports this module
+        self.ctx: Any = None  # that op's textopt.function.OpContext
         #: True for an objective (a loss's evaluation): backward shows it as the thing to improve, not as feedback.
         self.is_objective = False
         self._feedback_cache: tuple[int, str] | None = None
@@ -118,7 +101,7 @@ class Variable:
     # -- gradients ----------------------------------------------------------------------------
     def add_gradient(self, text: str, source: "Variable | None" = None) -> None:
         """Record feedback on this variable (from a consumer, or given by hand)."""
-        self.gradients.append(Gradient(text=text, source=source.name if source else "", source_role=source.role if source else ""))
+        self.gradients.append(Feedback(text=text, source=source.name if source else "", source_role=source.role if source else ""))
         self._feedback_cache = None
 
     def zero_grad(self) -> None:
@@ -127,13 +110,9 @@ class Variable:
 
     async def abackward(self, engine: "Engine | str | None" = None) -> None:
         """Textual backward pass from this variable (usually a loss): feedback reaches every trainable ancestor."""
-        from .backward import run_backward
-
         await run_backward(self, engine)
 
-    def backward(self, engine: "Engine | str | None" = None) -> None:
-        """Sync `abackward`; works in scripts and inside a notebook's running event loop."""
-        run_sync(self.abackward(engine))
+    backward = sync_twin(abackward, "Sync `abackward`; works in scripts and inside a notebook's running event loop.")
 
     # -- pickling -------------------------------------------------------------------------------
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
@@ -141,9 +120,6 @@ class Variable:
         Every ancestor's state is pickled on its own, other variables of the graph referred to by index;
         shared nodes stay shared and a cycle of parents comes back as a cycle. (Two variables pickled side by
         side, one an ancestor of the other, come back as two graphs: pickle the output alone.)"""
-        import io
-        import pickle
-
         nodes = _ancestors(self)
         index = {id(v): i for i, v in enumerate(nodes)}
 
@@ -173,8 +149,6 @@ class Variable:
 
 def template_fields(text: str) -> frozenset[str]:
     """The `{name}` fields of a str.format template (`{{` escapes and positional `{}` are not fields)."""
-    import string
-
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError:  # an unbalanced brace: not a format template
@@ -217,9 +191,6 @@ def _ancestors(root: Variable) -> list[Variable]:
 
 def _rebuild_graph(classes: list[type], blobs: list[bytes], parents: list[tuple[int, ...]], root: int) -> Variable:
     """Unpickle what `Variable.__reduce_ex__` wrote: bare nodes first, then each node's state and parents."""
-    import io
-    import pickle
-
     nodes = [cls.__new__(cls) for cls in classes]
 
     class Flat(pickle.Unpickler):

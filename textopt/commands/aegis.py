@@ -6,12 +6,12 @@ import argparse
 import json
 from typing import Any
 
+from ..engines.pricing import format_cost
+from ..recipes import AEGIS_DEFAULTS, AEGIS_DEFAULTS as D, RunSpec, build
 from ._common import add_common, callbacks, default_out
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from ..recipes import AEGIS_DEFAULTS as D
-
     p = sub.add_parser("aegis", help="co-evolve prompt-injection attacks and a detector prompt (AEGIS)",
                        description="Co-evolve injection attacks and a detector prompt: each round the attacker improves "
                                    "against the current detector, then the detector against the best attack.")
@@ -58,8 +58,6 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     for h in result["history"]:
         print(f"{h['round']:>5} {h['side']:<8} {h['tpr']:>5.2f} {h['tnr']:>5.2f} {h['asr']:>5.2f} {h['score_gain']:>6.2f} {h['tokens']:>7}")
     t = result["tokens"]
-    from ..engines.pricing import format_cost
-
     cost = f"; {format_cost(t['cost_usd'], t.get('cost_known', True))}" if t.get("cost_usd") or t.get("cost_known") is False else ""
     print(f"rounds run: {result['rounds_run']} (stopped: {result.get('stopped', 'completed')}); {t['total_tokens']} tokens in "
           f"{t['calls']} calls ({t['cached_calls']} cached){cost}; {result['seconds']} s; "
@@ -71,8 +69,6 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipes import AEGIS_DEFAULTS, RunSpec, build
-
     out = args.out or default_out("aegis")
     spec = RunSpec("aegis", {k: getattr(args, k) for k in AEGIS_DEFAULTS}, kind="aegis")
     job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)

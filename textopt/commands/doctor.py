@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..engines.local import REBUILD_COMMAND, _signal_name, default_threads
+from ..engines.models import MODELS, ModelFileError, find_model, verify
+
 #: CPU flags that matter to llama.cpp's CPU kernels (as /proc/cpuinfo spells them).
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 #: What each command needs beyond the core install: (module, extra that brings it, what it is for).
@@ -77,8 +80,6 @@ def build_has_amx(lib_dir: Path | None) -> bool | None:
 
 def probe(path: Path, tokens: int, timeout: float) -> dict[str, Any]:
     """One model load + batched prompt + generation in a child; a crash or hang is a result, not our death."""
-    from ..engines.local import _signal_name, default_threads
-
     worker = Path(__file__).resolve().parent.parent / "engines" / "llama_worker.py"
     try:
         done = subprocess.run([sys.executable, str(worker), "--probe", str(path), str(default_threads()), str(tokens)],
@@ -96,8 +97,6 @@ def probe(path: Path, tokens: int, timeout: float) -> dict[str, Any]:
 
 
 def check_models(tokens: int, timeout: float, extra_paths: list[str], names: list[str] | None = None) -> list[dict[str, Any]]:
-    from ..engines.models import MODELS, ModelFileError, find_model, verify
-
     out: list[dict[str, Any]] = []
     chosen = list(MODELS.values())
     if names:
@@ -138,8 +137,6 @@ def check_models(tokens: int, timeout: float, extra_paths: list[str], names: lis
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engines.local import REBUILD_COMMAND, default_threads
-
     def version(dist: str) -> str:
         try:
             return importlib.metadata.version(dist)

@@ -4,7 +4,7 @@ The defaults are the README's main job: candidate search (`to.Search`) for a bet
 on the `sentiment` task with the embedded model, starting from a weak template, scored on held-out test
 examples before and after with 95% intervals (and the paired interval of the gain).
 
-`--task humaneval` is another job (the "humaneval" recipe, textopt.code_job): each problem's code is the
+`--task humaneval` is another job (the "humaneval" recipe, textopt.recipes.humaneval_job): each problem's code is the
 Variable, optimized from its unit tests' report within `--updates` update calls; pass@1 before and after.
 
 A thin adapter over the "optimize" recipe (textopt.recipes): the arguments become the recipe's JSON
@@ -17,15 +17,14 @@ import argparse
 import sys
 from typing import Any
 
+from ..datasets import TASKS
+from ..engines.pricing import format_cost
+from ..recipes import OPTIMIZERS, OPTIMIZE_DEFAULTS, OPTIMIZE_DEFAULTS as D, SIZES, RunSpec, build
+from ..recipes.humaneval_job import CODE_DEFAULTS, CODE_DEFAULTS as C, summary_text
 from ._common import add_common, callbacks, default_out, time_split_line
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from ..datasets import TASKS
-    from ..recipes import OPTIMIZE_DEFAULTS as D
-    from ..recipes import OPTIMIZERS, SIZES
-    from ..code_job import CODE_DEFAULTS as C
-
     p = sub.add_parser("optimize", help="optimize a prompt on a built-in task (default: sentiment, with search)",
                        description="Optimize a prompt on a task; score it before and after on held-out examples. "
                        "Label tasks (sentiment, categories) train an instruction template rendered around each input "
@@ -102,8 +101,6 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         return
     if result.get("task") == "humaneval":
-        from ..code_job import summary_text
-
         print(summary_text(result))
         return
     t = result["tokens"]
@@ -126,8 +123,6 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
               f"{result['metric_calls']} metric calls")
     else:
         print(f"steps: {result['steps']} ({result['stopped']}); rejected by validation: {result['rejected_steps'] or 'none'}")
-    from ..engines.pricing import format_cost
-
     run_usage = result.get("run_usage", {})
     cost, known = run_usage.get("cost_usd"), run_usage.get("cost_known", True) is not False
     print(f"tokens: {t['total_tokens']} ({t['prompt_tokens']} prompt + {t['completion_tokens']} completion) "
@@ -161,11 +156,7 @@ def flag(name: str) -> str:
 
 def make_spec(args: argparse.Namespace) -> Any:
     """The recipe and JSON arguments of this command line; a flag that doesn't fit the task is one line."""
-    from ..recipes import OPTIMIZE_DEFAULTS, RunSpec
-
     if args.task == "humaneval":
-        from ..code_job import CODE_DEFAULTS
-
         given = [flag(k) for k in PROMPT_ONLY if getattr(args, k) is not None] + ([] if args.keep_best else ["--no-keep-best"])
         if given:
             raise ValueError(f"{given[0]} does not apply to --task humaneval: each problem's code is optimized on its "
@@ -180,8 +171,6 @@ def make_spec(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipes import build
-
     out = args.out or default_out("optimize")
     spec = make_spec(args)
     job = build(spec, run_dir=out, callbacks=callbacks(args), progress=False)  # every argument checked here

@@ -8,6 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..aegis.outputs import plot_rounds as aegis_plot
+from ..engines.pricing import format_cost
+from ..evaluate import EvalReport
+from ..recipes.humaneval_job import report_text
+from ..run import CHECKPOINT, History, Run, describe_row, read_checkpoint, read_spec
+from ..search import search_report
+from ..search.report import plot_search
+from ._common import time_split_line
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="summarize a run directory and plot its curves")
@@ -29,8 +38,6 @@ def eval_section(run_dir: Path, worst: int) -> list[str]:
     folder = run_dir / "evals"
     if not folder.is_dir():
         return []
-    from ..evaluate import EvalReport
-
     out = ["", "evaluation reports (worst examples first):"]
     for path in sorted(folder.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name)):
         report = EvalReport.load(path)
@@ -44,9 +51,6 @@ def eval_section(run_dir: Path, worst: int) -> list[str]:
 
 
 def aegis_text(run_dir: Path, state: dict[str, Any]) -> str:
-    from ..engines.pricing import format_cost
-    from ..run import describe_row
-
     rows = state.get("history", [])
     out = [f"{run_dir}: aegis run, {state.get('rounds_run', 0)} round(s), stopped: {state.get('stopped') or 'not finished'}"]
     out += [describe_row(r) for r in rows]
@@ -61,8 +65,6 @@ def aegis_text(run_dir: Path, state: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..run import CHECKPOINT, History, Run, read_checkpoint, read_spec
-
     run_dir = Path(args.run_dir)
     state = read_checkpoint(run_dir)
     if state is None:
@@ -70,23 +72,15 @@ def run(args: argparse.Namespace) -> int:
     kind = state.get("kind") or read_spec(run_dir).get("kind")
     view = Run(run_dir, kind=kind or "trainer")  # not opened: report reads, and writes only its own files
     if kind == "search":
-        from ..search import search_report
-
-        from ..search_report import plot_search
-
         text = search_report(run_dir)
         draw = lambda path: plot_search(state, path)  # noqa: E731
     elif kind == "code":
-        from ..code_job import report_text
-
         text = report_text(run_dir, state)
         draw = None
     elif kind == "aegis":
         text = aegis_text(run_dir, state)
         draw = None
         if "history" in state and state["history"]:
-            from ..aegis.loop import plot_history as aegis_plot
-
             draw = lambda path: aegis_plot(state["history"], path)  # noqa: E731
     else:
         history = History.from_dict(state["history"], str(run_dir))
@@ -102,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         text += (f"\n\ntest accuracy ({r.get('eval_size')} held-out examples): before {f(r.get('accuracy_before'))}, "
                  f"after {f(r.get('accuracy_after'))}")
-        from ._common import time_split_line
-
         line = time_split_line(r.get("time_split"))
         text += f"\n{line}" if line else ""
     text += "\n".join([""] + eval_section(run_dir, args.worst)) if (run_dir / "evals").is_dir() else ""

@@ -8,6 +8,8 @@ import importlib
 import sys
 from typing import Any
 
+from ..recipes import RunSpec, resume
+from ..run import has_run, read_spec
 from ._common import add_common, callbacks
 
 #: Recipes whose results a command of another name prints (the command module that made the run).
@@ -29,9 +31,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipes import RunSpec, resume
-    from ..run import has_run, read_spec
-
     spec = RunSpec.from_dict(read_spec(args.run_dir))  # one-line errors: not a run dir / made from Python
     overrides = {k: getattr(args, k) for k in ("steps", "rounds", "budget_tokens", "budget_calls", "budget_usd", "base_url")
                  if getattr(args, k) is not None}

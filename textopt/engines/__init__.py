@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Completion, Engine, Request
+from .base import Engine
 from .cache import DiskCache
+from .litellm import LiteLLMEngine
+from .local import LocalEngine
+from .openai import OpenAIEngine
+from .router import RouterEngine
 from .scripted import ScriptedEngine
+from .types import Completion, Request
 from .usage import Usage, track_usage
 
 __all__ = ["Completion", "DiskCache", "Engine", "Request", "ScriptedEngine", "Usage", "as_engine", "get_engine", "track_usage"]
@@ -23,24 +28,16 @@ def get_engine(spec: str, **options: Any) -> Engine:
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "local":
-        from .local import LocalEngine
-
         return LocalEngine(rest or options.pop("model_path", None), **options)
     if kind == "openai":
-        from .openai import OpenAIEngine
-
         if not rest:
             raise ValueError("openai engine spec needs a model: 'openai:<model>', e.g. 'openai:gpt-4.1-mini'")
         return OpenAIEngine(rest, **options)
     if kind == "litellm":
-        from .litellm import LiteLLMEngine
-
         if not rest:
             raise ValueError("litellm engine spec needs a model: 'litellm:<provider/model>'")
         return LiteLLMEngine(rest, **options)
     if kind == "router":
-        from .router import RouterEngine
-
         if "endpoints" not in options:
             raise ValueError("the router engine needs endpoints=[{'model': ..., 'base_url': ...}, ...]")
         return RouterEngine(options.pop("endpoints"), **options)

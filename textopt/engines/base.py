@@ -18,51 +18,20 @@ import dataclasses
 import functools
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 from .. import image
-from .._sync import run_on_textopt_loop, run_sync
-from ..errors import BudgetExceeded, EngineError, EngineUnavailable
+from .._sync import run_on_textopt_loop, run_sync, sync_twin
+from ..errors import AuthenticationFailed, BudgetExceeded, EngineError, EngineUnavailable
 from . import pricing
 from .cache import DiskCache, cache_key
 from .inflight import InFlight
 from .retry import call_with_retries
+from .types import Completion, Message, Request
 from .usage import Usage, active_trackers
 
-Message = dict[str, str]
 T = TypeVar("T")
 _account_lock = threading.Lock()
-
-
-@dataclass
-class Completion:
-    """What an engine returns: the text, the tokens and dollars it cost, and whether the cache served it.
-
-    cost_usd is None when the model's price is unknown (cached replies cost 0). seconds is the wall time
-    of the provider call once the engine's own concurrency limit let it through (0 for a cached reply).
-    """
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    model: str = ""
-    cost_usd: float | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class Request:
-    """What was asked: chat messages plus the options that change the answer.
-
-    timeout is set per attempt by the retry policy (seconds this attempt may take); it never enters the cache key.
-    """
-
-    messages: list[Message]
-    json_schema: dict[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    timeout: float | None = None
 
 
 class Engine:
@@ -102,21 +71,10 @@ class Engine:
         history_size: int = 1000,
         supports_images: bool | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        for name, value in (("timeout", timeout), ("max_time", max_time)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        _check_limits(max_concurrency, timeout, max_time)
         self.model = model
         self.max_concurrency = max_concurrency
-        if cache is True:
-            self.cache: DiskCache | None = DiskCache()
-        elif cache is False or cache is None:
-            self.cache = None
-        elif isinstance(cache, DiskCache):
-            self.cache = cache
-        else:
-            self.cache = DiskCache(cache)
+        self.cache: DiskCache | None = _as_cache(cache)
         if retries is not None:
             self.retries = retries
         self.retry_wait = retry_wait
@@ -221,9 +179,7 @@ class Engine:
         self._account(request, completion)
         return completion
 
-    def complete(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None, **options: Any) -> Completion:
-        """Sync wrapper of `acomplete`: runs on the textopt loop (from any thread, notebooks included)."""
-        return run_sync(self.acomplete(messages, json_schema=json_schema, **options))
+    complete = sync_twin(acomplete, "Sync `acomplete`: runs on the textopt loop (from any thread, notebooks included).")
 
     # -- internals (the provider side runs on the textopt loop) ------------------------------
     def _cached(self, key: str) -> Completion | None:
@@ -332,12 +288,27 @@ UNREACHABLE_TYPES = frozenset({"APIConnectionError", "ConnectionRefusedError", "
                                "ConnectionError", "ConnectionResetError", "ServerDisconnectedError"})
 
 
+def _check_limits(max_concurrency: int, timeout: float | None, max_time: float | None) -> None:
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+    for name, value in (("timeout", timeout), ("max_time", max_time)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+
+
+def _as_cache(cache: "bool | str | DiskCache | None") -> DiskCache | None:
+    """cache=True: the default disk cache; False/None: none; a DiskCache as is; a path: a cache there."""
+    if cache is True:
+        return DiskCache()
+    if cache is False or cache is None:
+        return None
+    return cache if isinstance(cache, DiskCache) else DiskCache(cache)
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """True for a failed call that says nothing answers (connection refused / reset) or the key is refused
     (401/403): a run that goes on would only record the same failure for every call."""
-    from ..errors import EngineAuthError
-
-    if isinstance(exc, EngineAuthError) or getattr(exc, "status_code", None) in (401, 403):
+    if isinstance(exc, AuthenticationFailed) or getattr(exc, "status_code", None) in (401, 403):
         return True
     if getattr(exc, "unreachable", False):  # e.g. a local model whose worker process crashed
         return True

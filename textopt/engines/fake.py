@@ -13,7 +13,8 @@ import hashlib
 import json
 from typing import Any
 
-from .base import Completion, Engine, Request
+from .base import Engine
+from .types import Completion, Request
 
 #: What a fake optimizer proposes for a free-text field (picked by hash): complete instructions.
 PROPOSALS = (

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..secrets import remember, scrub_url, url_credentials
+from ..errors import EngineNotReady
 from ..image import openai_messages
-from .base import Completion, Engine, Request
+from ..secrets import remember, scrub_url, url_credentials
+from .base import Engine
 from .openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
 from .pricing import import_litellm
+from .types import Completion, Request
 
 
 class LiteLLMEngine(Engine):
@@ -38,8 +40,6 @@ class LiteLLMEngine(Engine):
     async def aready(self) -> None:
         """No call: litellm knows the model's provider, and the key that provider needs is set (or passed).
         A key that is set but wrong shows on the first calls (the run stops after a few refused ones)."""
-        from ..errors import EngineNotReady
-
         head = f"litellm engine {self.model!r}"
         try:
             self._litellm.get_llm_provider(self.model, api_base=self.api_base)

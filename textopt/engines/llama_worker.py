@@ -90,7 +90,7 @@ def probe(model_path: str, n_threads: int, tokens: int) -> int:
     kernels the host can't run), generate `tokens` tokens; print one JSON line of speeds."""
     import time
 
-    from llama_cpp import Llama, llama_print_system_info
+    from llama_cpp import Llama, llama_print_system_info  # llama.cpp loads only in the local model's worker process
 
     started = time.perf_counter()
     llama = Llama(model_path=model_path, n_ctx=512, n_threads=n_threads, seed=0, verbose=False)
@@ -125,7 +125,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     config = _read(0)
     try:
-        from llama_cpp import Llama
+        from llama_cpp import Llama  # llama.cpp loads only in the local model's worker process
 
         llama = Llama(model_path=config["model_path"], n_ctx=int(config["n_ctx"]), n_threads=int(config["n_threads"]),
                       n_batch=int(config.get("n_batch") or 512), seed=int(config["seed"]), verbose=False)

@@ -12,6 +12,7 @@ other (measured 30x slower, not 2x). So every local engine of a process takes on
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import select
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError, EngineUnavailable
-from .base import Completion, Engine, Request
+from .base import Engine
 from .models import MODELS, find_model, model_path
+from .types import Completion, Request
 
 MODEL_FILE = MODELS["smollm2-135m"].file
 #: The rebuild that gives a llama.cpp without host-specific kernels; see the README. No AMX (it segfaults on
@@ -255,8 +257,6 @@ class LocalEngine(Engine):
                 "n_batch": self.n_batch, "seed": self.seed, "reuse_prefix": self.reuse_prefix}
 
     def _start(self) -> _Worker:
-        import importlib.util
-
         if importlib.util.find_spec("llama_cpp") is None:
             raise ImportError("the local engine needs llama-cpp-python: run `pip install 'textopt[local]'`")
         if self._worker is not None:

@@ -178,7 +178,7 @@ def assemble(model: LocalModel, folder: Path | None = None) -> Path:
     """Join the installed chunks of `model` into folder/<file>, checking every chunk and the whole file.
     Written to a temporary name and renamed only when every check passed, so no half-written or damaged
     file is ever left where the engine would load it. Safe when two processes race (a file lock)."""
-    from filelock import FileLock
+    from filelock import FileLock  # filelock only when a model file is assembled
 
     folder = folder or cache_dir()
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,17 @@ import contextlib
 import importlib.util
 import json
 import os
+import urllib.request
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..secrets import remember, scrub_url, url_credentials
-from ..image import openai_messages
 from .._sync import run_on_textopt_loop
-from .base import Completion, Engine, Request
+from ..errors import EngineNotReady
+from ..image import openai_messages
+from ..secrets import remember, scrub_url, url_credentials
+from .base import Engine
+from .types import Completion, Request
 
 #: Defaults for remote engines: one attempt may take DEFAULT_TIMEOUT s, and all attempts with their
 #: backoff waits DEFAULT_MAX_TIME s, so a dead or hanging provider fails in under 2 minutes.
@@ -61,8 +65,8 @@ class OpenAIEngine(Engine):
             raise ValueError(f"transport must be 'auto', 'aiohttp' or 'httpx', got {transport!r}")
         super().__init__(model, timeout=timeout, max_time=max_time, **kwargs)
         self.json_mode = json_mode
-        import httpx
-        import openai
+        import httpx  # the OpenAI SDK's HTTP stack loads only with an openai engine
+        import openai  # the OpenAI SDK loads only when an openai engine is used
 
         self._openai = openai
         self._httpx = httpx
@@ -134,8 +138,6 @@ class OpenAIEngine(Engine):
         await run_on_textopt_loop(self._ready())
 
     async def _ready(self) -> None:
-        from ..errors import EngineNotReady
-
         o = self._openai
         where = f"at {scrub_url(self.base_url)}" if self.base_url else "(api.openai.com)"
         head = f"openai engine {self.model!r} {where}"
@@ -239,8 +241,6 @@ class OpenAIEngine(Engine):
 
 
 def _has_userinfo(url: str | None) -> bool:
-    from urllib.parse import urlsplit
-
     return bool(url) and "@" in (urlsplit(url).netloc or "")
 
 
@@ -248,7 +248,7 @@ def _has_aiohttp() -> bool:
     """True when the SDK's aiohttp transport can be built (the `openai[aiohttp]` extra: httpx-aiohttp)."""
     if importlib.util.find_spec("httpx_aiohttp") is None:
         return False
-    import openai
+    import openai  # the OpenAI SDK loads only when an openai engine is used
 
     return hasattr(openai, "DefaultAioHttpClient")  # openai >= 1.86 or so; older SDKs use httpx
 
@@ -290,13 +290,13 @@ class _DirectChat:
     no query string in the base URL, no underscore in its host (the SDK's SNI work-around)."""
 
     def __init__(self, client: Any) -> None:
-        import openai
+        import openai  # the OpenAI SDK loads only when an openai engine is used
 
         self._openai = openai
         self.url = str(client.base_url) + "chat/completions"
         self._ssl: Any = None
         if self.url.startswith("https:"):  # built here, off the loop, as the SDK's transport does
-            import httpx
+            import httpx  # the OpenAI SDK's HTTP stack loads only with an openai engine
 
             self._ssl = httpx.create_ssl_context()
         self._session: Any = None
@@ -304,9 +304,6 @@ class _DirectChat:
 
     @classmethod
     def for_client(cls, client: Any) -> "_DirectChat | None":
-        import urllib.request
-        from urllib.parse import urlsplit
-
         parts = urlsplit(str(client.base_url))
         proxies = urllib.request.getproxies()
         if any(k in proxies for k in ("http", "https", "all")) or parts.query or "_" in (parts.hostname or ""):
@@ -315,7 +312,7 @@ class _DirectChat:
 
     def _session_and_headers(self, client: Any) -> tuple[Any, dict[str, str]]:
         if self._session is None:  # on the textopt loop, at the first call (aiohttp binds it to that loop)
-            import aiohttp
+            import aiohttp  # optional HTTP transport, only with an openai engine
 
             limits = self._openai.DEFAULT_CONNECTION_LIMITS
             connector = aiohttp.TCPConnector(limit=limits.max_connections, keepalive_timeout=limits.keepalive_expiry,
@@ -329,8 +326,8 @@ class _DirectChat:
         return self._session, self._headers
 
     async def post(self, client: Any, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        import aiohttp
-        import httpx
+        import aiohttp  # optional HTTP transport, only with an openai engine
+        import httpx  # the OpenAI SDK's HTTP stack loads only with an openai engine
 
         o = self._openai
         session, headers = self._session_and_headers(client)
@@ -369,7 +366,7 @@ class _DirectChat:
 def _dumps(body: dict[str, Any]) -> bytes:
     """The request body as the SDK encodes it (its own encoder where it has one: the same bytes)."""
     try:
-        from openai._utils._json import openapi_dumps
+        from openai._utils._json import openapi_dumps  # the OpenAI SDK loads only when an openai engine is used
     except ImportError:  # another SDK layout: the same settings (httpx's), without the SDK's extra types
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     return openapi_dumps(body)

@@ -46,7 +46,7 @@ def import_litellm(needed_by: str = "this engine") -> Any:
     Without litellm: ImportError in one line, naming what needs it and the install command."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
-        import litellm
+        import litellm  # litellm takes seconds to import and may reach the network
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] != "litellm":
             raise  # litellm is there but one of its own dependencies is not

@@ -6,19 +6,18 @@ import asyncio
 import copy
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import EngineAuthError, EngineError
+from ..errors import AuthenticationFailed, EngineError
 from ..secrets import scrub
+from .types import Completion, Request
 
-if TYPE_CHECKING:
-    from .base import Completion, Engine, Request
 
 #: An attempt never gets less than this, even when the overall limit is nearly spent.
 MIN_ATTEMPT_SECONDS = 0.5
 
 
-def attempt_limit(engine: "Engine", started: float) -> float | None:
+def attempt_limit(engine: Any, started: float) -> float | None:
     """Seconds this attempt may take: the engine's timeout, cut to what is left of max_time."""
     limits = [t for t in (engine.timeout,) if t is not None]
     if engine.max_time is not None:
@@ -26,7 +25,7 @@ def attempt_limit(engine: "Engine", started: float) -> float | None:
     return min(limits) if limits else None
 
 
-def attempt_request(request: "Request", limit: float | None) -> "Request":
+def attempt_request(request: Request, limit: float | None) -> Request:
     """The request one attempt sends: a copy, so a provider that changes it can't change the caller's (whose
     messages are the cache key and the history). Text messages and plain options are copied one level, which
     for strings and numbers is all a deep copy would do; anything else (images, lists) is copied deeply."""
@@ -43,7 +42,7 @@ def _atoms(d: dict[str, Any]) -> bool:
 _ATOMS = (str, int, float, bool)
 
 
-async def one_attempt(engine: "Engine", request: "Request", limit: float | None) -> "Completion":
+async def one_attempt(engine: Any, request: Request, limit: float | None) -> Completion:
     req = attempt_request(request, limit)
     if limit is None:
         return await engine._acomplete(req)
@@ -56,7 +55,7 @@ async def one_attempt(engine: "Engine", request: "Request", limit: float | None)
         raise TimeoutError(f"no reply within {limit:g} s") from None
 
 
-async def call_with_retries(engine: "Engine", request: "Request") -> "Completion":
+async def call_with_retries(engine: Any, request: Request) -> Completion:
     """`engine._acomplete(request)` under the engine's timeout, max_time and retry policy.
 
     The first attempt is made directly: setting up tenacity costs more CPU than the rest of a call's own
@@ -68,7 +67,7 @@ async def call_with_retries(engine: "Engine", request: "Request") -> "Completion
         return await one_attempt(engine, request, attempt_limit(engine, started))
     except Exception as exc:  # EngineError included: tenacity below decides, as it always did
         first: Exception | None = exc
-    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random  # tenacity loads on the first provider call
 
     stop: Any = stop_after_attempt(engine.retries + 1)
     if engine.max_time is not None:
@@ -95,7 +94,7 @@ async def call_with_retries(engine: "Engine", request: "Request") -> "Completion
     raise error  # raised outside the except block: the provider's exception (which may echo a key) isn't chained
 
 
-def engine_error(engine: "Engine", exc: BaseException, attempts: int, seconds: float) -> EngineError:
+def engine_error(engine: Any, exc: BaseException, attempts: int, seconds: float) -> EngineError:
     """A one-paragraph, scrubbed EngineError saying what failed and what to do."""
     transient = engine.is_transient(exc)
     status = getattr(exc, "status_code", None)
@@ -111,5 +110,5 @@ def engine_error(engine: "Engine", exc: BaseException, attempts: int, seconds: f
         advice = ("The provider refused the credentials: check the API key." if auth
                   else "Check the model name, credentials and request options.")
     message = f"{engine.kind} engine {engine.model!r} failed {what}: {type(exc).__name__}: {exc}. {advice}"
-    cls = EngineAuthError if auth else EngineError
+    cls = AuthenticationFailed if auth else EngineError
     return cls(scrub(message, engine.secrets()), cause_type=type(exc).__name__, status_code=status, transient=transient)

@@ -15,10 +15,10 @@ from typing import Any, Mapping, Sequence
 
 from ..image import openai_messages
 from ..secrets import remember, scrub_url, url_credentials
-from .base import Completion, Request
 from .litellm import LiteLLMEngine
 from .openai import DEFAULT_MAX_TIME, DEFAULT_TIMEOUT
 from .pricing import import_litellm
+from .types import Completion, Request
 
 GROUP = "textopt"
 

@@ -8,7 +8,8 @@ import asyncio
 import threading
 from typing import Any, Callable, Sequence
 
-from .base import Completion, Engine, Message, Request
+from .base import Engine
+from .types import Completion, Message, Request
 
 Reply = str | BaseException | Sequence[str | BaseException] | Callable[[list[Message]], str | BaseException]
 

@@ -77,7 +77,7 @@ def _data_filter(value: Any, tag: str | None = None, limit: int | None = None) -
 
 @functools.lru_cache(maxsize=1)
 def _env() -> Any:
-    from jinja2 import StrictUndefined
+    from jinja2 import StrictUndefined  # jinja2 loads on first use: `import textopt` stays light
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
@@ -92,7 +92,7 @@ def _compile(source: str) -> Any:
 
 def check_template(source: str, fields: Mapping[str, str]) -> None:
     """Raise FieldTemplateError (one line) unless `source` parses and uses exactly the given field names."""
-    import jinja2
+    import jinja2  # jinja2 loads on first use: `import textopt` stays light
     from jinja2 import meta
 
     try:
@@ -124,7 +124,7 @@ def _test_render(source: str, fields: tuple[tuple[str, str], ...]) -> None:
 def render_fields(source: str, fields: Mapping[str, tuple[str, Any]]) -> str | list[Any]:
     """The prompt: `source` rendered with each field {name: (role, value)}. Text, or a list of text and Image
     parts when a field holds an image. Deterministic for the same template and values."""
-    import jinja2
+    import jinja2  # jinja2 loads on first use: `import textopt` stays light
 
     images: list[Image] = []
     nonce = secrets.token_hex(6)  # image markers can't be forged by a field's text

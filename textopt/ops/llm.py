@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Mapping
 
+from .._sync import sync_twin
 from ..context import resolve_engine
 from ..engines.base import Engine
 from ..function import Feedback, Function, OpContext, OpDescription, require_text
@@ -96,10 +97,7 @@ class LLM:
         op = self._op()
         return await (op.acall(self.system_prompt, x) if self.system_prompt is not None else op.acall(x))
 
-    def __call__(self, x: Variable | str) -> Variable:
-        from .._sync import run_sync
-
-        return run_sync(self.acall(x))
+    __call__ = sync_twin(acall)
 
     def parameters(self) -> list[Variable]:
         """The trainable variables of this module (its system prompt, when trainable)."""

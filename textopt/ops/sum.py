@@ -1,4 +1,4 @@
-"""Sum: join several variables into one (e.g. the losses of a minibatch). Backward needs no LLM call."""
+"""Sum (`to.aggregate`): join several variables into one (e.g. the losses of a minibatch). Backward needs no LLM call."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -41,12 +41,12 @@ class Sum(Function):
         return {v: feedback.text for v in output.parents if v.requires_grad}
 
 
-def sum(variables: Iterable[Variable]) -> Variable:  # noqa: A001 - mirrors torch.sum
+def aggregate(variables: Iterable[Variable]) -> Variable:
     """One Variable standing for all of `variables` (typically losses); backward reaches each.
-    A sum of objectives (losses) is an objective itself."""
+    An aggregate of objectives (losses) is an objective itself. (Named so as not to shadow the builtin sum.)"""
     vs = list(variables)
     if not vs:
-        raise ValueError("to.sum needs at least one Variable")
+        raise ValueError("to.aggregate needs at least one Variable")
     out = Sum()(*vs)
     out.is_objective = all(v.is_objective for v in vs if isinstance(v, Variable))
     return out

@@ -12,15 +12,20 @@ logs a StepReport (reasoning and diff) per step.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
-from .._sync import run_sync
+from .._sync import run_sync, sync_twin
+from ..backward import run_backward
+from ..context import resolve_backward_engine
 from ..errors import EngineError, EngineUnavailable, ParseError, UpdateError
 from ..module import Module, parameter_list
+from ..prompts import elide, load_overrides, render_messages, unescape_tags, using_templates
 from ..variable import Variable, missing_fields
+from .parse import parse_reply
 
 if TYPE_CHECKING:
     from ..engines.base import Engine
@@ -78,8 +83,6 @@ class StepReport:
 
     def diff(self, name: str | None = None) -> str:
         """Unified diff of the changed values (one parameter, or all)."""
-        import difflib
-
         names = [name] if name is not None else list(self.changed)
         out: list[str] = []
         for n in names:
@@ -110,8 +113,6 @@ class Optimizer:
     def __init__(self, parameters: Iterable[Variable] | Module, *, engine: "Engine | str | None" = None, strict: bool = False,
                  memory: int = 0, temperatures: Sequence[float | None] = (None, 0.7), max_value_chars: int = 20_000,
                  templates: "Mapping[str, str | os.PathLike[str]] | None" = None) -> None:
-        from ..prompts import load_overrides
-
         self.templates = load_overrides(templates)  # checked now (and the override directory): a bad one fails here
         params = parameter_list(parameters)  # a Module stands for its parameters()
         if not params:
@@ -152,14 +153,10 @@ class Optimizer:
         """Feedback on `output` reaches the parameters. Given `feedback` is added as the output's gradient
         (else the output is the objective itself, e.g. a loss); then a textual backward pass runs from it.
         engine overrides the optimizer's engine for the gradient calls."""
-        from ..backward import run_backward
-
         if feedback is not None:
             if not isinstance(feedback, str) or not feedback.strip():
                 raise ValueError("feedback must be non-empty text saying how the output fell short (or None)")
             output.add_gradient(feedback)
-        from ..prompts import using_templates
-
         with using_templates(self.templates):
             await run_backward(output, engine if engine is not None else self.engine)
 
@@ -184,8 +181,6 @@ class Optimizer:
     # -- 3. applying proposals ----------------------------------------------------------------
     async def astep(self, params: Sequence[Variable] | Module | None = None) -> StepReport:
         """One update of `params` (default: all; a Module: its parameters). Failures are recorded, never raised (unless strict)."""
-        from ..prompts import using_templates
-
         todo = self._targets(params)
         self.steps += 1
         report = StepReport(step=self.steps)
@@ -215,9 +210,7 @@ class Optimizer:
             raise UpdateError(f"{type(self).__name__} step {self.steps}: " + "; ".join(f"{f.variable}: {f.error}" for f in report.failures))
         return report
 
-    def step(self, params: Sequence[Variable] | Module | None = None) -> StepReport:
-        """Sync `astep`."""
-        return run_sync(self.astep(params))
+    step = sync_twin(astep)
 
     def check(self, param: Variable, value: Any) -> tuple[str, str] | None:
         """(kind, reason) when `value` can't be `param`'s new value, else None. Never runs or stores it."""
@@ -311,8 +304,6 @@ class Optimizer:
 
     def resolve_engine(self) -> "Engine":
         """The engine for update calls: this optimizer's, else the scoped backward default."""
-        from ..context import resolve_backward_engine
-
         return resolve_backward_engine(self.engine)
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -354,9 +345,6 @@ async def ask_json(messages: list[Message], schema: dict[str, Any], required: Se
                    temperature: float | None = None, shape: str | None = None,
                    parse: Callable[[str], dict[str, Any]] | None = None, **options: Any) -> tuple[dict[str, Any], str]:
     """See Optimizer.ask_json: one JSON ask, one repair request quoting the error."""
-    from ..prompts import render_messages
-    from .parse import parse_reply
-
     read = parse or (lambda text: parse_reply(text, list(required)))
     if temperature is not None:
         options["temperature"] = temperature
@@ -376,8 +364,6 @@ async def ask_json(messages: list[Message], schema: dict[str, Any], required: Se
 
 def _storable(text: str, limit: int) -> str:
     """Text safe to keep in failures and checkpoints: bounded, and valid UTF-8 (lone surrogates escaped)."""
-    from ..prompts import elide
-
     return elide(text, limit).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -386,8 +372,6 @@ RE_ASK = frozenset({"no change", "missing field", "invalid"})
 
 
 def _unescape(value: Any) -> Any:
-    from ..prompts import unescape_tags
-
     return unescape_tags(value) if isinstance(value, str) else value
 
 

