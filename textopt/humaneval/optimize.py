@@ -83,7 +83,7 @@ class CodeRun:
                 "usage": dict(self.usage)}
 
 
-async def adraft_code(problem: Problem, engine: Engine | str | None = None, *, max_tokens: int = 1024) -> str:
+async def adraft_code(problem: Problem, engine: Engine | str | None = None, *, max_tokens: int = 512) -> str:
     """A first attempt at `problem` written by `engine` from the problem's prompt (one call), as the
     full program that would be tested (fences removed, a bare body completed with the prompt)."""
     messages = render_messages("humaneval_attempt.j2", prompt=problem.prompt, entry_point=problem.entry_point)
@@ -141,7 +141,7 @@ async def aoptimize_code(
     optimizer_engine: Engine | str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     sandbox: Sandbox | None = None,
-    max_tokens: int = 1024,
+    max_tokens: int = 512,
     optimizer_options: Mapping[str, Any] | None = None,
     keep_best: bool = False,
 ) -> CodeRun:
