@@ -1,6 +1,8 @@
 """Engine behaviour shared by all providers: cache, determinism, retries, usage, budgets, scoping."""
 from __future__ import annotations
 
+import asyncio
+
 import json
 import subprocess
 import sys
@@ -48,6 +50,39 @@ def test_cache_key_covers_options_and_can_be_switched_off(tmp_path):
     off.complete(msgs)
     off.complete(msgs)
     assert len(off.calls) == 2
+
+
+def test_identical_sampled_requests_are_separate_samples_and_replay_from_the_cache(tmp_path):
+    """At temperature > 0, k identical requests are k draws (each its own provider call and cache entry), not
+    k copies of the first; a rerun on the same cache replays the same draws in order; at temperature 0 they
+    stay one answer."""
+    def counting():
+        n = iter(range(100))
+        return to.ScriptedEngine(lambda m: f"sample-{next(n)}", cache=DiskCache(tmp_path))
+
+    msgs = [{"role": "user", "content": "write a proposal"}]
+    eng = counting()
+    first = [eng.complete(msgs, temperature=0.7).text for _ in range(3)]
+    assert first == ["sample-0", "sample-1", "sample-2"] and len(eng.calls) == 3
+    assert [r.draw for r, _ in eng.history] == [0, 1, 2]
+    again = counting()
+    assert [again.complete(msgs, temperature=0.7).text for _ in range(3)] == first and len(again.calls) == 0
+    greedy = counting()
+    assert {greedy.complete(msgs, temperature=0.0).text for _ in range(3)} == {"sample-0"}
+    assert len(greedy.calls) == 1  # a fresh answer, then two cache hits
+
+
+def test_concurrent_sampled_requests_are_not_merged_in_flight(tmp_path):
+    async def go():
+        n = iter(range(100))
+        eng = to.ScriptedEngine(lambda m: f"s{next(n)}", cache=DiskCache(tmp_path), latency=0.05)
+        msgs = [{"role": "user", "content": "q"}]
+        sampled = await asyncio.gather(*(eng.acomplete(msgs, temperature=1.0) for _ in range(4)))
+        greedy = await asyncio.gather(*(eng.acomplete(msgs, temperature=0.0, max_tokens=5) for _ in range(4)))
+        return [c.text for c in sampled], {c.text for c in greedy}, len(eng.calls)
+
+    sampled, greedy, calls = asyncio.run(go())
+    assert len(set(sampled)) == 4 and len(greedy) == 1 and calls == 5
 
 
 def test_torn_cache_file_is_a_miss(tmp_path):

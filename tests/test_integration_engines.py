@@ -96,3 +96,11 @@ def test_full_backward_and_step_through_the_server(llama_server):
     opt = to.TGD([prompt], engine=eng)
     opt.step()
     assert_updated_or_recorded(opt, prompt, "Reply.")
+
+
+def test_the_local_model_samples_differ_for_identical_requests_at_temperature(local_engine):
+    """Draw n of an identical sampled request gets seed + n in llama.cpp (and its own cache entry): five
+    samples of one prompt at temperature 1.0 are not five copies."""
+    msgs = [{"role": "user", "content": "Name one fruit and say why you like it."}]
+    replies = [local_engine.complete(msgs, max_tokens=12, temperature=1.0).text for _ in range(5)]
+    assert len(set(replies)) >= 3, replies

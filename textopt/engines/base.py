@@ -24,7 +24,7 @@ from .. import image
 from .._sync import run_on_textopt_loop, run_sync, sync_twin
 from ..errors import AuthenticationFailed, BudgetExceeded, EngineError, EngineUnavailable
 from . import pricing
-from .cache import DiskCache, cache_key
+from .cache import DiskCache, Draws
 from .inflight import InFlight
 from .retry import call_with_retries
 from .types import Completion, Message, Request
@@ -89,6 +89,7 @@ class Engine:
         self.history: collections.deque[tuple[Request, Completion]] = collections.deque(maxlen=history_size)
         self._supports_images = supports_images
         self._inflight: InFlight[Completion] = InFlight()
+        self._draws = Draws()
         self._semaphore: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._dead_calls = 0  # provider calls in a row that failed unreachable / key refused
@@ -163,11 +164,10 @@ class Engine:
             raise image.not_supported(self)
         opts = {"temperature": self.temperature, "max_tokens": self.max_tokens}
         opts.update(options)
-        request = Request(messages=msgs, json_schema=json_schema, options=opts)
-
-        key = None
+        payload = {**self.cache_identity(), "messages": image.key_messages(msgs), "json_schema": json_schema, "options": opts}
+        draw, key = self._draws.take(payload, sampled=float(opts.get("temperature") or 0) > 0)
+        request = Request(messages=msgs, json_schema=json_schema, options=opts, draw=draw)
         if self.cache is not None:
-            key = cache_key({**self.cache_identity(), "messages": image.key_messages(msgs), "json_schema": json_schema, "options": opts})
             hit = self._cached(key)
             if hit is not None:
                 self._account(request, hit)
@@ -175,7 +175,7 @@ class Engine:
 
         await self._check_budget()
         self._check_reachable()
-        completion = await run_on_textopt_loop(self._provider_call(request, key))
+        completion = await run_on_textopt_loop(self._provider_call(request, key if self.cache is not None else None))
         self._account(request, completion)
         return completion
 

@@ -5,11 +5,13 @@ Nothing in the key or the entry ever holds an API key or header.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,27 @@ def default_cache_dir() -> Path:
 def cache_key(payload: dict[str, Any]) -> str:
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Draws:
+    """Identical requests at temperature > 0 are separate samples, not copies: the n-th of them in an
+    engine's life is draw n, with its own cache entry (draw 0 keeps the plain key) and, on the local model,
+    its own seed. So k proposals sampled from one prompt differ, and a rerun on the same cache replays the
+    same k samples in the same order. At temperature 0 every identical request is draw 0: one answer."""
+
+    def __init__(self) -> None:
+        self._seen: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def take(self, payload: dict[str, Any], sampled: bool) -> tuple[int, str]:
+        """(draw, cache key) of the next request with this key payload."""
+        base = cache_key(payload)
+        if not sampled:
+            return 0, base
+        with self._lock:
+            n = self._seen[base]
+            self._seen[base] = n + 1
+        return n, (cache_key({**payload, "draw": n}) if n else base)
 
 
 class DiskCache:

@@ -64,7 +64,7 @@ def _complete(llama: Any, n_ctx: int, seed: int, reuse_prefix: bool, req: dict[s
         "messages": req["messages"],
         "temperature": opts.pop("temperature", 0.0),
         "max_tokens": opts.pop("max_tokens", None),
-        "seed": seed,
+        "seed": seed + int(req.get("draw") or 0),  # the n-th identical sampled request gets its own seed
     }
     kwargs.update(opts)
     if req.get("json_schema") is not None:

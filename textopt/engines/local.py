@@ -284,7 +284,7 @@ class LocalEngine(Engine):
         with self._lock, INFERENCE_LOCK:
             worker = self._worker if self._worker is not None and self._worker.alive() else self._start()
             worker.send({"op": "complete", "messages": request.messages, "json_schema": request.json_schema,
-                         "options": request.options})
+                         "options": request.options, "draw": request.draw})
             try:
                 reply = worker.receive(deadline)
             except TimeoutError:

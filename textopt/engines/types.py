@@ -29,9 +29,11 @@ class Request:
     """What was asked: chat messages plus the options that change the answer.
 
     timeout is set per attempt by the retry policy (seconds this attempt may take); it never enters the cache key.
+    draw numbers identical requests sampled at temperature > 0 (`cache.Draws`): 0 for the first.
     """
 
     messages: list[Message]
     json_schema: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
+    draw: int = 0
