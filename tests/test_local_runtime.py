@@ -78,6 +78,22 @@ def test_unknown_model_name_lists_the_known_ones():
         models.model_path("gpt-17")
 
 
+def test_the_worker_script_starts_in_a_fresh_venv(tmp_path):
+    """The worker is started as a script from textopt/engines/, next to engines/types.py. In a fresh venv
+    nothing has imported the stdlib `types` before the script's folder goes on sys.path, so without `-P` the
+    worker died at start-up on every call (found by a new user's run; the pyenv interpreter hid it)."""
+    from textopt.engines.local import worker_command
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
+    venv_python = str(tmp_path / "venv" / "bin" / "python")
+    for argv in (worker_command(), [venv_python, *worker_command()[1:]]):
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr) == (0, ""), (argv, done.stderr[-2000:])
+    bare = subprocess.run([venv_python, worker_command()[-1]], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+    assert "GenericAlias" in bare.stderr  # the failure this guards against is real on this interpreter
+
+
 def test_readme_and_ci_build_the_portable_runtime():
     from textopt.engines.local import PORTABLE_CMAKE_ARGS
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..engines.local import REBUILD_COMMAND, _signal_name, default_threads
+from ..engines.local import REBUILD_COMMAND, _signal_name, default_threads, worker_command
 from ..engines.models import MODELS, ModelFileError, find_model, verify
 
 #: CPU flags that matter to llama.cpp's CPU kernels (as /proc/cpuinfo spells them).
@@ -80,9 +80,8 @@ def build_has_amx(lib_dir: Path | None) -> bool | None:
 
 def probe(path: Path, tokens: int, timeout: float) -> dict[str, Any]:
     """One model load + batched prompt + generation in a child; a crash or hang is a result, not our death."""
-    worker = Path(__file__).resolve().parent.parent / "engines" / "llama_worker.py"
     try:
-        done = subprocess.run([sys.executable, str(worker), "--probe", str(path), str(default_threads()), str(tokens)],
+        done = subprocess.run(worker_command("--probe", str(path), str(default_threads()), str(tokens)),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "why": f"hung: no result within {timeout:g} s"}

@@ -123,7 +123,10 @@ def main() -> int:
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # llama.cpp's prints go to stderr, never into a reply frame
     sys.stdout = sys.stderr
-    config = _read(0)
+    try:
+        config = _read(0)
+    except EOFError:  # the caller went away before sending the model to load
+        return 0
     try:
         from llama_cpp import Llama  # llama.cpp loads only in the local model's worker process
 

@@ -75,6 +75,14 @@ class WorkerCrashed(EngineError, EngineUnavailable):
     unreachable = True
 
 
+def worker_command(*args: str) -> list[str]:
+    """How the worker script is started: `-P` keeps its own folder off sys.path, where engines/types.py
+    would shadow the standard library's `types` (the worker died at start-up in a fresh venv, where nothing
+    had imported `types` before the script's folder went on the path). The script needs only the stdlib
+    and llama_cpp."""
+    return [sys.executable, "-P", str(Path(__file__).with_name("llama_worker.py")), *args]
+
+
 class _Worker:
     """One child process holding one loaded model."""
 
@@ -83,7 +91,7 @@ class _Worker:
         self.log = tempfile.TemporaryFile(prefix="textopt-llama-")
         env = dict(os.environ)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning on shared cores
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("llama_worker.py"))],
+        self.proc = subprocess.Popen(worker_command(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
                                      start_new_session=True)  # a Ctrl-C in the terminal reaches the caller, not the worker
         _WORKERS.add(self)
