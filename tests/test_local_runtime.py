@@ -94,6 +94,14 @@ def test_the_worker_script_starts_in_a_fresh_venv(tmp_path):
     assert "GenericAlias" in bare.stderr  # the failure this guards against is real on this interpreter
 
 
+def test_only_a_native_crash_points_at_the_llama_cpp_build():
+    from textopt.engines.local import REBUILD_COMMAND, _crash_hint
+
+    assert REBUILD_COMMAND in _crash_hint(-signal.SIGSEGV) and REBUILD_COMMAND in _crash_hint(-signal.SIGILL)
+    assert REBUILD_COMMAND not in _crash_hint(1) and "Python side failed" in _crash_hint(1)
+    assert REBUILD_COMMAND not in _crash_hint(-signal.SIGKILL) and "memory" in _crash_hint(-signal.SIGKILL)
+
+
 def test_readme_and_ci_build_the_portable_runtime():
     from textopt.engines.local import PORTABLE_CMAKE_ARGS
 
@@ -133,8 +141,8 @@ def test_a_worker_crash_is_one_error_and_the_next_call_answers(model_path, sig):
         assert isinstance(err, WorkerCrashed) and isinstance(err, EngineError), repr(err)
         line = str(err)
         assert "\n" not in line and signal.Signals(sig).name in line
-        if sig == signal.SIGSEGV:
-            assert REBUILD_COMMAND in line
+        assert (REBUILD_COMMAND in line) == (sig == signal.SIGSEGV)  # a kill from outside is no build problem
+        assert ("out-of-memory" in line) == (sig == signal.SIGKILL)
         old = engine.restarts
         reply = engine.complete([{"role": "user", "content": "Say hello."}], max_tokens=4)
         assert reply.text.strip() and engine.worker_pid is not None and engine.restarts == old + 1

@@ -65,6 +65,18 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _crash_hint(code: int | None) -> str:
+    """What to do, by how the worker ended: only a native crash points at the llama.cpp build (an exit with a
+    Python error was once blamed on AMX too, which sent users to rebuild a runtime that was fine)."""
+    name = _signal_name(code) if code is not None and code < 0 else ""
+    if name == "SIGKILL":
+        return " Something outside killed it, often the kernel's out-of-memory killer: check free memory."
+    if name:
+        return (f" On a CPU with AMX, the default llama-cpp-python build crashes on batched prompts; rebuild it "
+                f"portable: {REBUILD_COMMAND} (then check with: textopt doctor).")
+    return " Its Python side failed; the last output says why (textopt doctor checks the install)."
+
+
 class WorkerCrashed(EngineError, EngineUnavailable):
     """The local model's worker process died in the middle of a call (a native crash, abort or kill).
     Not retried: on a build that doesn't fit the host every call would crash the same way. The next call
@@ -151,8 +163,7 @@ class _Worker:
         else:
             how = detail or "stopped answering"
         tail = self.stderr_tail()
-        hint = (f" On a CPU with AMX, the default llama-cpp-python build crashes on batched prompts; rebuild it "
-                f"portable: {REBUILD_COMMAND} (then check with: textopt doctor).")
+        hint = _crash_hint(code)
         return WorkerCrashed(f"the local model runtime ({Path(self.config['model_path']).name}) {how} in the middle of a "
                              f"call.{hint}" + (f" Its last output: {tail}" if tail else ""),
                              cause_type=_signal_name(code) if code is not None and code < 0 else "WorkerExit",
