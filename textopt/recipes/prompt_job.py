@@ -20,7 +20,7 @@ from ..search import Search
 from ..train import Trainer
 from ..variable import Variable
 from .engine_spec import make_engine, reflect_installed
-from .registry import Job, RunSpec, _int_at_least, check_new_run_dir, has_run, register
+from .registry import Job, JobResult, RunSpec, _int_at_least, check_new_run_dir, has_run, register
 
 
 #: The README's main job is these defaults: `textopt optimize` searches for a better instruction template
@@ -244,8 +244,9 @@ class OptimizeJob(_PromptTask):
         t = self.trainer
         return f"resuming {t.run.dir} after step {t.global_step} of {t.total_steps}"
 
-    async def arun(self) -> dict[str, Any]:
-        """Score the initial prompt on the test set, train, score the final prompt; write result.json."""
+    async def afit(self) -> JobResult:
+        """Score the initial prompt on the test set, train, score the final prompt; write result.json. Best and
+        history are the Trainer's."""
         trainer, run = self.trainer, self.trainer.run
         await self.aready()
         start = self._start_clock()
@@ -276,7 +277,7 @@ class OptimizeJob(_PromptTask):
             }
             run.write_json("result.json", result)
             run.log({"event": "result", **result})
-        return result
+        return JobResult(result, best=history.best, history=history.history, run_dir=self.run_dir)
 
 
 class SearchJob(_PromptTask):
@@ -301,7 +302,9 @@ class SearchJob(_PromptTask):
     def progress_note(self) -> str:
         return f"resuming the search in {self.run_dir} after its last completed iteration"
 
-    async def arun(self) -> dict[str, Any]:
+    async def afit(self) -> JobResult:
+        """Score the initial prompt, search, score the best prompt; write result.json. Best and history are the
+        search's."""
         side = Run(self.run_dir, kind="search", callbacks=self.search.callbacks)  # not opened: Search holds the lock
         await self.aready()
         start = self._start_clock()
@@ -317,7 +320,7 @@ class SearchJob(_PromptTask):
         }
         side.write_json("result.json", result)
         side.log({"event": "result", **result})
-        return result
+        return JobResult(result, best=found.best, history=found.history, run_dir=self.run_dir)
 
     async def _test(self, name: str, side: Any) -> Any:
         if not self.test:
