@@ -129,7 +129,7 @@ def test_judge_of_several_fields_says_which_field_was_at_fault():
                                                                           "reference": "reference answer"}, engine=eng)
     reference = to.Variable("Paris", role="reference answer", name="ref")
     loss = judge(answer=answer, reference=reference)
-    assert loss.is_objective and loss.role == "evaluation of answer to judge, reference answer"
+    assert loss.is_loss and loss.role == "evaluation of answer to judge, reference answer"
     judge_prompt = eng.calls[-1][-1]["content"]
     assert "answer (answer to judge):\n<answer>\nLyon\n</answer>" in judge_prompt
     assert "reference (reference answer):\n<reference>\nParis\n</reference>" in judge_prompt
@@ -236,7 +236,7 @@ def test_fields_and_judge_on_the_local_model(local_engine):
                         fields={"answer": "answer to judge", "reference": "reference answer"}, engine=local_engine,
                         max_tokens=24)
     loss = judge(answer=answer, reference="Paris")
-    assert isinstance(answer.text, str) and isinstance(loss.text, str) and loss.is_objective
+    assert isinstance(answer.text, str) and isinstance(loss.text, str) and loss.is_loss
     seen: list[str] = []
     real = local_engine.acomplete
 

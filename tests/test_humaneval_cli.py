@@ -310,6 +310,22 @@ def test_the_recipe_is_in_the_registry_and_resume_refuses_what_it_does_not_take(
 
 
 @needs_data
+def test_the_code_job_follows_the_run_protocol_best_is_each_problems_final_code(tmp_path, script):
+    from textopt import recipes
+    from textopt.run import FitResult
+
+    run = tmp_path / "run"
+    spec = {"recipe": "humaneval", "args": {"engine": "fake", "ids": "0,2", "updates": 1}}
+    result = recipes.build(spec, run_dir=run, progress=False).fit()
+    assert isinstance(result, FitResult) and result.run_dir == str(run) == result.summary["run_dir"]
+    assert json.loads(json.dumps(result.summary)) == json.loads((run / "result.json").read_text())
+    assert set(result.best) == {"HumanEval/0", "HumanEval/2"} and result.best["HumanEval/2"] == FIXED_2
+    assert result.history == result.summary["per_problem"] and [r["task_id"] for r in result.history] == list(result.best)
+    again = recipes.resume(run, progress=False).fit()  # nothing left to solve: the codes come from the attempts files
+    assert again.best == result.best and again.summary["done"] == 2
+
+
+@needs_data
 @pytest.mark.local
 def test_smoke_the_cli_job_on_the_offline_coder_model(tmp_path):
     """The job for real: the 1.5B coder model writes a first attempt at one problem (small token caps), the

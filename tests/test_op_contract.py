@@ -107,8 +107,9 @@ def test_objective_flag_is_carried_by_the_graph_not_guessed_from_texts():
     p = to.Variable("P", role="system prompt", requires_grad=True)
     out = to.LLM(eng, system_prompt=p)(to.Variable("q", role="question"))
     loss = to.TextLoss("good?", engine=eng)(out)
-    assert loss.is_objective and not out.is_objective
-    assert to.aggregate([loss, loss]).is_objective and not to.aggregate([out, loss]).is_objective
+    assert loss.is_loss and not out.is_loss
+    assert to.aggregate([loss, loss]).is_loss and not to.aggregate([out, loss]).is_loss
+    assert not hasattr(loss, "is_objective")  # the objective marker is on Feedback only
 
     class Echo(to.Function):
         """Sends its input's own text back as feedback (the old text comparison took that for an objective)."""
@@ -135,6 +136,61 @@ def test_sum_hands_objective_to_each_input():
     to.aggregate(outs).backward(eng)  # no losses: the sum itself is the objective, so each output is one
     assert len(eng.calls) == 2 and all("This output is the objective" in c[-1]["content"] for c in eng.calls)
     assert len(p.gradients) == 2
+    # the objective was a message of that pass, not a mark on the graph: from a consumer, an output is criticised
+    assert not any(o.is_loss for o in outs)
+    eng.calls.clear()
+    to.LLMCall(eng)(outs[0]).backward(eng)
+    assert "Feedback on that output" in eng.calls[-1][-1]["content"]
+
+
+def _backward_prompts_about(eng, output_text):
+    """The user messages of the gradient calls whose <output> block is `output_text`."""
+    return [c[-1]["content"] for c in eng.calls if f"<output>\n{output_text}\n</output>" in c[-1]["content"]]
+
+
+def test_aggregate_of_two_losses_sends_each_loss_its_own_text_as_the_objective():
+    def reply(messages):
+        system, user = messages[0]["content"], messages[-1]["content"]
+        if "critic" in system:
+            return "tighten it"
+        if system == "good?":  # the judge
+            return "verdict A: too long" if user == "answer 0" else "verdict B: off topic"
+        return f"answer {user[-1]}"
+
+    eng = to.ScriptedEngine(reply)
+    p = to.Variable("P", role="system prompt", requires_grad=True)
+    llm = to.LLM(eng, system_prompt=p)
+    outs = [llm(to.Variable(f"q{i}", role="question")) for i in range(2)]
+    losses = [to.TextLoss("good?", engine=eng)(o) for o in outs]
+    assert [l.text for l in losses] == ["verdict A: too long", "verdict B: off topic"]
+    eng.calls.clear()
+    to.aggregate(losses).backward(eng)
+    for loss in losses:  # each loss's backward saw that loss's own text as the objective, not the joined sum
+        (prompt,) = _backward_prompts_about(eng, loss.text)
+        assert "This output is the objective" in prompt and "<feedback>" not in prompt
+    assert not _backward_prompts_about(eng, "verdict A: too long\n\nverdict B: off topic")
+    assert len(p.gradients) == 2 and all(g.text == "tighten it" for g in p.gradients)
+
+
+def test_a_loss_no_consumer_criticised_is_still_the_objective():
+    class Quiet(to.Function):
+        """Consumes a value and sends nothing back (a custom op may do so)."""
+
+        async def forward(self, ctx, x):
+            return x.text
+
+        async def backward(self, ctx, output, feedback, engine):
+            return {}
+
+    eng = to.ScriptedEngine(lambda m: "tighten it" if "critic" in m[0]["content"] else
+                            "verdict: wrong" if m[0]["content"] == "good?" else "an answer")
+    p = to.Variable("P", role="system prompt", requires_grad=True)
+    loss = to.TextLoss("good?", engine=eng)(to.LLM(eng, system_prompt=p)(to.Variable("q", role="question")))
+    eng.calls.clear()
+    Quiet()(loss).backward(eng)
+    (prompt,) = _backward_prompts_about(eng, "verdict: wrong")
+    assert "This output is the objective" in prompt
+    assert [g.text for g in p.gradients] == ["tighten it"]
 
 
 def test_error_node_from_any_op_goes_through_the_one_recording_path():

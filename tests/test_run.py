@@ -214,13 +214,13 @@ def test_auth_failures_stop_the_run():
 def test_recipe_registry_builds_resumes_and_refuses_unknowns(tmp_path):
     spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "optimizer": "tgd", "steps": 1, "batch_size": 1, "eval_size": 2, "val_size": 1})
     job = recipes.build(spec, run_dir=tmp_path / "r", progress=False)
-    result = job.run()
+    result = job.fit().summary
     assert result["stopped"] == "completed" and result["steps"] == 1
     saved = json.loads((tmp_path / "r" / "spec.json").read_text())
     assert saved["recipe"] == "optimize" and saved["kind"] == "trainer" and saved["args"]["engine"] == "fake"
 
     more = recipes.resume(tmp_path / "r", steps=2)
-    assert more.trainer.global_step == 1 and more.run()["steps"] == 2
+    assert more.trainer.global_step == 1 and more.fit().summary["steps"] == 2
     assert json.loads((tmp_path / "r" / "spec.json").read_text())["args"]["steps"] == 2  # the override is kept
     with pytest.raises(RunError, match="cannot override"):
         recipes.resume(tmp_path / "r", rounds=3)
@@ -235,11 +235,12 @@ def test_recipe_registry_builds_resumes_and_refuses_unknowns(tmp_path):
     @recipes.register("custom-test")
     def custom(spec, **kw):
         class Done(recipes.Job):
-            async def arun(self):
-                return {"echo": spec.args["x"]}
+            async def afit(self):
+                return recipes.JobResult({"echo": spec.args["x"]})
         return Done()
 
-    assert recipes.build({"recipe": "custom-test", "args": {"x": 5}}).run() == {"echo": 5}
+    done = recipes.build({"recipe": "custom-test", "args": {"x": 5}}).fit()
+    assert done.summary == done.to_dict() == {"echo": 5} and done.best == {} and done.run_dir is None
 
 
 def test_python_made_run_is_not_a_recipe(tmp_path):
@@ -272,6 +273,30 @@ def test_trainer_search_and_coevolution_follow_one_run_protocol(tmp_path):
     history = trainer.fit()
     assert isinstance(history, FitResult)
     assert history.best == {"p": p.value} and history.history[-1]["step"] == 1 and history.run_dir == str(tmp_path / "r")
+
+
+def test_recipe_jobs_follow_the_run_protocol_and_carry_the_result_json_summary(tmp_path):
+    from textopt.run import FitResult, Fittable
+
+    assert not hasattr(recipes.Job, "run") and not hasattr(recipes.Job, "arun")  # one verb: fit
+    for args, kind in (({"optimizer": "tgd", "steps": 1}, "trainer"), ({"optimizer": "search", "steps": 1}, "search")):
+        spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "batch_size": 1, "eval_size": 1,
+                                            "val_size": 1, **args})
+        job = recipes.build(spec, run_dir=tmp_path / kind, progress=False)
+        assert isinstance(job, Fittable)
+        result = job.fit()
+        assert isinstance(result, FitResult) and isinstance(result, recipes.JobResult)
+        saved = json.loads((tmp_path / kind / "result.json").read_text())
+        assert result.to_dict() == result.summary and json.loads(json.dumps(result.summary)) == saved, kind
+        assert result.summary["steps"] == 1, kind
+        assert result.best == {"system_prompt": result.summary["final_prompt"]} and result.history, kind
+        assert result.run_dir == str(tmp_path / kind) == result.summary["run_dir"], kind
+    job = recipes.build(recipes.RunSpec("aegis", {"engine": "fake", "rounds": 1, "iterations": 1, "pool_size": 2,
+                                                  "essays": 2}), run_dir=tmp_path / "aegis", progress=False)
+    result = job.fit()
+    assert isinstance(result, FitResult) and result.run_dir == str(tmp_path / "aegis")
+    assert result.best["defense"] == result.summary["defense_prompt"] and result.history == result.summary["history"]
+    assert json.loads(json.dumps(result.summary)) == json.loads((tmp_path / "aegis" / "result.json").read_text())
 
 
 # -- the fake engine --------------------------------------------------------------------------------
@@ -464,7 +489,7 @@ def test_mlflow_callback_logs_params_metrics_and_artifacts_to_a_local_store(tmp_
     uri = f"file:{tmp_path / 'mlruns'}"
     cb = MLflowCallback(uri, experiment="tests")
     spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "optimizer": "tgd", "steps": 2, "batch_size": 1, "eval_size": 1, "val_size": 2})
-    recipes.build(spec, run_dir=tmp_path / "run", callbacks=[cb], progress=False).run()
+    recipes.build(spec, run_dir=tmp_path / "run", callbacks=[cb], progress=False).fit()
     client = MlflowClient(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert found.info.status == "FINISHED" and found.data.tags["textopt.stopped"] == "completed"

@@ -156,7 +156,7 @@ def sync_twin(async_fn: Callable[..., Coroutine[Any, Any, T]], doc: str | None =
             fit = sync_twin(afit)
 
     A method's twin looks the async method up on the instance at call time, so a subclass that overrides
-    `afit` (or `arun`, `acall`...) gets its own override from the inherited sync name."""
+    `afit` (or `acall`, `abackward`...) gets its own override from the inherited sync name."""
     name = async_fn.__name__
     method = "." in async_fn.__qualname__ and not async_fn.__qualname__.endswith(f"<locals>.{name}")
 

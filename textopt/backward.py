@@ -72,9 +72,11 @@ async def _condense(var: "Variable", texts: list[str], engine: Engine) -> str:
 async def run_backward(root: "Variable", engine: Engine | str | None = None) -> None:
     """Send textual gradients from `root` to every ancestor that requires grad.
 
-    The objective: `root` when it has no feedback of its own, any variable marked `is_objective` (a
-    loss's output) that received none, and inputs an op hands back as objectives (Sum does). An op whose
-    output got no feedback and is no objective is skipped: there is nothing to send back through it.
+    Each op's backward receives one message about its output: the joined feedback of its consumers when
+    there is any, else the objective (`Feedback.objective`, the output's own text to improve) when the output
+    is one in this pass: `root` when it has no feedback of its own, a loss's output (`is_loss`), or an input
+    an op's backward handed the objective (Sum does). An op whose output got neither is skipped: there is
+    nothing to send back through it.
     """
     if not hasattr(root, "grad_fn"):  # a textopt.Variable (not imported here: variable.py imports this module)
         raise TypeError(f"backward starts from a Variable, got {type(root).__name__}")
@@ -92,7 +94,10 @@ async def run_backward(root: "Variable", engine: Engine | str | None = None) -> 
         for p in v.parents:
             if id(p) in in_graph:
                 pending[id(p)] += 1
-    objectives = {id(root)} if not root.gradients else set()
+    # This pass's objective messages, by variable (kept here, not on the graph: the next pass starts afresh).
+    objective = {id(v): Feedback.objective(v.text) for v in order if v.is_loss}
+    if not root.gradients:
+        objective[id(root)] = Feedback.objective(root.text)
 
     tasks: set[asyncio.Task[None]] = set()
     done = asyncio.Event()
@@ -102,18 +107,14 @@ async def run_backward(root: "Variable", engine: Engine | str | None = None) -> 
     async def visit(var: "Variable") -> None:
         try:
             targets = [p for p in var.parents if id(p) in in_graph]
-            fb: Feedback | None = None
-            if var.gradients:
-                fb = Feedback(text=await feedback_text(var, eng))
-            elif var.is_objective or id(var) in objectives:
-                fb = Feedback(text=var.text, is_objective=True)
+            fb = Feedback(text=await feedback_text(var, eng)) if var.gradients else objective.get(id(var))
             assert var.grad_fn is not None and var.ctx is not None
             grads = await var.grad_fn.backward(var.ctx, var, fb, eng) if targets and fb is not None else {}
             for p in targets:
                 sent = grads.get(p)
                 if isinstance(sent, Feedback):
-                    if sent.is_objective:
-                        objectives.add(id(p))
+                    if sent.is_objective:  # the input is the objective now: its own text, whatever the op wrote
+                        objective[id(p)] = Feedback.objective(p.text)
                     elif sent.text:
                         p.add_gradient(sent.text, source=var)
                 elif sent:

@@ -1,4 +1,4 @@
-"""Losses: an LLM evaluates a variable against an instruction; the evaluation is the objective (marked `is_objective`)."""
+"""Losses: an LLM evaluates a variable against an instruction; the evaluation is the objective (marked `is_loss`)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -50,7 +50,7 @@ class TextLoss:
                 raise TypeError("TextLoss(instruction) takes one input: loss(x); for several, build it with fields={name: role}")
             op = LLMCall(self.engine, role="evaluation of " + (x.role if isinstance(x, Variable) else "input"), **self.options)
             out = await op.acall(self.instruction, x)
-        out.is_objective = True  # backward shows it as the thing to improve
+        out.is_loss = True  # backward sends it the objective (its own text, to improve) unless a consumer criticised it
         return out
 
     __call__ = sync_twin(acall)

@@ -81,8 +81,10 @@ class Variable:
         self.gradients: list[Feedback] = []
         self.grad_fn: Any = None  # the op (a textopt.function.Function) that made it; function.py imports this module
         self.ctx: Any = None  # that op's textopt.function.OpContext
-        #: True for an objective (a loss's evaluation): backward shows it as the thing to improve, not as feedback.
-        self.is_objective = False
+        #: True for a loss's output (a TextLoss evaluation, or `to.aggregate` of losses): the one record of that
+        #: fact. A backward pass sends such a variable the objective (`Feedback.objective`: its own text, the
+        #: thing to improve) when no consumer sent it feedback.
+        self.is_loss = False
         self._feedback_cache: tuple[int, str] | None = None
 
     # -- text ---------------------------------------------------------------------------------
@@ -198,7 +200,10 @@ def _rebuild_graph(classes: list[type], blobs: list[bytes], parents: list[tuple[
             return nodes[pid]
 
     for node, blob, links in zip(nodes, blobs, parents):
-        node.__dict__.update(Flat(io.BytesIO(blob)).load())
+        state = Flat(io.BytesIO(blob)).load()
+        if "is_objective" in state:  # pickled before the objective marker moved to Feedback
+            state["is_loss"] = state.pop("is_objective")
+        node.__dict__.update(state)
         node.parents = tuple(nodes[i] for i in links)
     return nodes[root]
 

@@ -229,6 +229,15 @@ def test_a_pickled_graph_keeps_shared_nodes_and_ops():
     assert back.value == c.value and type(back.grad_fn).__name__ == type(c.grad_fn).__name__
 
 
+@pytest.mark.timeout(30)
+def test_a_loss_pickled_before_the_objective_marker_moved_loads_as_a_loss():
+    loss = to.Variable("verdict", role="evaluation")
+    del loss.__dict__["is_loss"]
+    loss.__dict__["is_objective"] = True  # the state an older textopt pickled for a loss
+    back = pickle.loads(pickle.dumps(loss))
+    assert back.is_loss is True and "is_objective" not in back.__dict__
+
+
 # -- 17: a template the sandbox can't render is refused when it is set -----------------------------
 @pytest.mark.timeout(30)
 def test_an_unrenderable_template_is_refused_at_update_time_and_the_old_one_kept():

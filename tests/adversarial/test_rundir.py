@@ -31,7 +31,7 @@ def cli(*args: str, cache: Path, cwd: Path | None = None, **popen) -> subprocess
 def small_run(run_dir: Path, steps: int = 2) -> dict:
     spec = recipes.RunSpec("optimize", {"engine": "fake", "task": "object_counting", "optimizer": "tgd", "steps": steps,
                                         "batch_size": 1, "eval_size": 1, "val_size": 1})
-    return recipes.build(spec, run_dir=run_dir, progress=False).run()
+    return recipes.build(spec, run_dir=run_dir, progress=False).fit().summary
 
 
 # -- two runs, one directory ------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     job.ready()  # one line now for a missing key or a dead server
     job.prepare()  # run directory and spec.json from the first second
     args.run_out = out
-    result = job.run()
+    result = job.fit().summary
     print_result(result, args.json)
     if not args.json:
         print(f"run directory: {out} (result.json, history.json, history.csv, curves.png; textopt report {out})")

@@ -179,5 +179,5 @@ def run(args: argparse.Namespace) -> int:
     args.run_out = out
     if not args.json:
         print(f"textopt optimize: run directory {out} (later: textopt report {out})", file=sys.stderr, flush=True)
-    print_result(job.run(), args.json)
+    print_result(job.fit().summary, args.json)
     return 0

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     note = job.progress_note if has_run(args.run_dir) else f"{args.run_dir} stopped before its first step: starting it"
     if not args.json and note:
         print(note, file=sys.stderr, flush=True)
-    result = job.run()
+    result = job.fit().summary
     command = PRINTED_BY.get(spec.recipe, spec.recipe)
     importlib.import_module(f"textopt.commands.{command}").print_result(result, args.json)
     return 0

@@ -21,7 +21,7 @@ def _base_roles(inputs: tuple[Variable, ...]) -> list[str]:
 
 class Sum(Function):
     """Joins its inputs' texts, one block each. Backward: each input gets the sum's feedback as is; when the
-    sum is the objective, each input is an objective itself."""
+    sum is the objective, each input is the objective itself (its own text, not the joined one)."""
 
     def output_role(self, *inputs: Variable) -> str:
         roles = _base_roles(inputs)
@@ -37,16 +37,16 @@ class Sum(Function):
 
     async def backward(self, ctx: OpContext, output: Variable, feedback: Feedback, engine: Engine) -> Mapping[Variable, str | Feedback]:
         if feedback.is_objective:
-            return {v: Feedback(v.text, is_objective=True) for v in output.parents if v.requires_grad}
+            return {v: Feedback.objective(v.text) for v in output.parents if v.requires_grad}
         return {v: feedback.text for v in output.parents if v.requires_grad}
 
 
 def aggregate(variables: Iterable[Variable]) -> Variable:
     """One Variable standing for all of `variables` (typically losses); backward reaches each.
-    An aggregate of objectives (losses) is an objective itself. (Named so as not to shadow the builtin sum.)"""
+    An aggregate of losses is a loss itself (`is_loss`). (Named so as not to shadow the builtin sum.)"""
     vs = list(variables)
     if not vs:
         raise ValueError("to.aggregate needs at least one Variable")
     out = Sum()(*vs)
-    out.is_objective = all(v.is_objective for v in vs if isinstance(v, Variable))
+    out.is_loss = all(v.is_loss for v in vs if isinstance(v, Variable))
     return out

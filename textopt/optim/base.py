@@ -151,7 +151,8 @@ class Optimizer:
     # -- 1. feedback --------------------------------------------------------------------------
     async def abackward(self, output: Variable, feedback: str | None = None, *, engine: "Engine | str | None" = None) -> None:
         """Feedback on `output` reaches the parameters. Given `feedback` is added as the output's gradient
-        (else the output is the objective itself, e.g. a loss); then a textual backward pass runs from it.
+        (None: the output is the objective itself, e.g. a loss, and backward sends its ops `Feedback.objective`,
+        the output's own text to improve); then a textual backward pass runs from it.
         engine overrides the optimizer's engine for the gradient calls."""
         if feedback is not None:
             if not isinstance(feedback, str) or not feedback.strip():

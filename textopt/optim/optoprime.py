@@ -59,7 +59,7 @@ class OptoPrime(Optimizer):
     # -- feedback -----------------------------------------------------------------------------
     async def abackward(self, output: Variable, feedback: str | None = None, *, engine: Engine | str | None = None) -> None:
         """Record `output` and its feedback for the next step (None: the output is the objective, e.g. a
-        loss, and its text is the feedback). No LLM call is made."""
+        loss, and its own text is the feedback, as in `Feedback.objective`). No LLM call is made."""
         if not isinstance(output, Variable):
             raise TypeError(f"backward takes the output Variable, got {type(output).__name__}")
         if feedback is None:

@@ -9,7 +9,7 @@ from .. import aegis
 from ..aegis.corpus import load_corpus, sample
 from ..run import Budgets, Progress
 from .engine_spec import make_engine
-from .registry import Job, RunSpec, _int_at_least, check_new_run_dir, register
+from .registry import Job, JobResult, RunSpec, _int_at_least, check_new_run_dir, register
 
 if TYPE_CHECKING:
     from ..aegis.corpus import Example
@@ -59,7 +59,8 @@ class AegisJob(Job):
     def progress_note(self) -> str:
         return f"resuming {self.run_dir} after its last completed round"
 
-    async def arun(self) -> dict[str, Any]:
+    async def afit(self) -> JobResult:
+        """The co-evolution to a stop; its Result's dict is the summary (it writes result.json itself)."""
         a = self.args
         await self.aready()
         result = await aegis.CoEvolution(
@@ -69,7 +70,7 @@ class AegisJob(Job):
             examples=self.examples, resume=self.resuming, callbacks=self.callbacks, spec=self.spec.to_dict(),
             budgets=Budgets(tokens=a["budget_tokens"], calls=a["budget_calls"], usd=a["budget_usd"]),
         ).afit()
-        return result.to_dict()
+        return JobResult(result.to_dict(), best=result.best, history=result.history, run_dir=self.run_dir)
 
 
 @register("aegis")

@@ -39,7 +39,7 @@ from ..humaneval import outcome, rank  # noqa: F401  (re-exported: how the job r
 from ..run import Budgets, Progress, Run, RunError, has_run, read_spec, usage_columns
 from ..sandbox import Sandbox
 from .engine_spec import make_engine
-from .registry import Job, RunSpec, check_new_run_dir, register
+from .registry import Job, JobResult, RunSpec, check_new_run_dir, register
 
 if TYPE_CHECKING:
     from ..engines.base import Engine
@@ -204,10 +204,12 @@ class CodeJob(Job):
             options["reply"] = self.args["update_format"]
         return options
 
-    async def arun(self) -> dict[str, Any]:
-        """Every problem not done yet, one at a time (checkpoint after each); then result.json."""
+    async def afit(self) -> JobResult:
+        """Every problem not done yet, one at a time (checkpoint after each); then result.json. Best: each done
+        problem's final code (task id -> code); history: the per-problem rows of the summary."""
         await self.aready()
         run = self._run
+        codes: dict[str, str] = {}  # final code of the problems solved in this process
         with run:
             run.start(step=len(self.records), total_steps=len(self.problems), resumed=run.loaded_from is not None,
                       run_dir=str(run.dir) if run.dir else None)
@@ -223,6 +225,7 @@ class CodeJob(Job):
                     run.write_text(attempts_file(problem.task_id), "".join(
                         json.dumps(row, ensure_ascii=False) + "\n" for row in attempts))
                     self.records.append(record)
+                    codes[problem.task_id] = attempts[record["final"]]["code"]
                     run.save_checkpoint(self._state(None))  # on disk before anyone hears of it
                     run.step({"step": len(self.records), "task_id": problem.task_id, "first_passed": record["first_passed"],
                               "passed": record["passed"], "updates": record["updates"], "attempts": record["attempts"],
@@ -235,7 +238,21 @@ class CodeJob(Job):
             run.write_json("result.json", result)
             run.end(stopped=stopped, done=len(self.records), problems=len(self.problems), usage=dict(run.totals))
             run.log({"event": "result", **result})
-        return result
+        return JobResult(result, best=self._final_codes(codes), history=result["per_problem"], run_dir=self.run_dir)
+
+    def _final_codes(self, codes: Mapping[str, str]) -> dict[str, str]:
+        """Task id -> final code of every done problem: this process's, else (a resumed run's earlier problems)
+        the final attempt in the run directory's attempts file."""
+        out: dict[str, str] = {}
+        for r in self.records:
+            task_id = r["task_id"]
+            if task_id in codes:
+                out[task_id] = codes[task_id]
+            elif self.run_dir is not None:
+                rows = read_attempts(self.run_dir, task_id)
+                if rows:
+                    out[task_id] = rows[min(r["final"], len(rows) - 1)]["code"]
+        return out
 
     def _state(self, stopped: str | None) -> dict[str, Any]:
         return {"recipe": RECIPE, "step": len(self.records), "stopped": stopped, "ids": self.ids,

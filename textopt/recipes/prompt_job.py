@@ -20,7 +20,7 @@ from ..search import Search
 from ..train import Trainer
 from ..variable import Variable
 from .engine_spec import make_engine, reflect_installed
-from .registry import Job, RunSpec, _int_at_least, check_new_run_dir, has_run, register
+from .registry import Job, JobResult, RunSpec, _int_at_least, check_new_run_dir, has_run, register
 
 
 #: The README's main job is these defaults: `textopt optimize` searches for a better instruction template
@@ -210,6 +210,27 @@ class _PromptTask(Job):
         """Tell the display what the next long stretch of work is (its heartbeat names it)."""
         run.log({"event": "phase", "phase": name, "what": what, **info})
 
+    async def held_out(self, run: Any, name: str, which: str, value: str | None = None) -> Any:
+        """The prompt's score on the held-out test examples (None without any), kept in the run as eval `name`:
+        the one before/after measurement of every optimize job, so both sides of the gain are taken alike.
+        value: scored in the prompt's place for the while (the initial prompt, before). A report in which no
+        example got an answer stops the run before it is kept (`answered`): it is no accuracy."""
+        if not self.test:
+            return None
+        current = self.prompt.value
+        if value is not None:
+            self.prompt.set_value(value)
+        self.phase(run, name, f"scoring the {which} prompt on {len(self.test)} held-out examples", total=len(self.test))
+        report = await self.score_test(run)
+        self.prompt.set_value(current)
+        answered(report, f"scoring the {which} prompt")
+        run.save_eval(name, report)
+        return report
+
+    async def score_test(self, run: Any) -> Any:
+        """The test examples scored with the prompt as it stands (each job kind scores its own way)."""
+        raise NotImplementedError
+
 
 def answered(report: Any, what: str) -> None:
     """Raise EngineUnavailable when no example of `report` got an answer: an accuracy computed from zero
@@ -244,30 +265,19 @@ class OptimizeJob(_PromptTask):
         t = self.trainer
         return f"resuming {t.run.dir} after step {t.global_step} of {t.total_steps}"
 
-    async def arun(self) -> dict[str, Any]:
-        """Score the initial prompt on the test set, train, score the final prompt; write result.json."""
+    async def afit(self) -> JobResult:
+        """Score the initial prompt on the test set, train, score the final prompt; write result.json. Best and
+        history are the Trainer's."""
         trainer, run = self.trainer, self.trainer.run
         await self.aready()
         start = self._start_clock()
         with run, track_usage() as usage, time_scoring() as scoring:
             run.start(step=trainer.global_step, total_steps=trainer.total_steps, resumed=trainer.resumed,
                       run_dir=str(run.dir) if run.dir else None)
-            current = self.prompt.value
-            self.prompt.set_value(trainer.state.initial[self.prompt.name])  # a resumed run scores the *initial* prompt (cache hits)
-            if self.test:
-                self.phase(run, "test_before", f"scoring the initial prompt on {len(self.test)} held-out examples",
-                           total=len(self.test))
-            with run.track():
-                before = await trainer.evaluate(self.test, "test_before") if self.test else None
-            answered(before, "scoring the initial prompt")
-            self.prompt.set_value(current)
+            # a resumed run scores the *initial* prompt (cache hits), not the one it resumes with
+            before = await self.held_out(run, "test_before", "initial", trainer.state.initial[self.prompt.name])
             history = await trainer.afit()
-            if self.test:
-                self.phase(run, "test_after", f"scoring the final prompt on {len(self.test)} held-out examples",
-                           total=len(self.test))
-            with run.track():
-                after = await trainer.evaluate(self.test, "test_after") if self.test else None
-            answered(after, "scoring the final prompt")
+            after = await self.held_out(run, "test_after", "final")
             result = {
                 **self._result(before, after, start, usage, run.totals, scoring[0]),
                 "steps": len([r for r in history.rows if r["step"] > 0]), "rejected_steps": history.rejected,
@@ -276,7 +286,11 @@ class OptimizeJob(_PromptTask):
             }
             run.write_json("result.json", result)
             run.log({"event": "result", **result})
-        return result
+        return JobResult(result, best=history.best, history=history.history, run_dir=self.run_dir)
+
+    async def score_test(self, run: Any) -> Any:
+        with run.track():  # the Trainer's evaluation: its metric-call count and this run's usage
+            return await self.trainer.evaluate(self.test)
 
 
 class SearchJob(_PromptTask):
@@ -301,14 +315,16 @@ class SearchJob(_PromptTask):
     def progress_note(self) -> str:
         return f"resuming the search in {self.run_dir} after its last completed iteration"
 
-    async def arun(self) -> dict[str, Any]:
+    async def afit(self) -> JobResult:
+        """Score the initial prompt, search, score the best prompt; write result.json. Best and history are the
+        search's."""
         side = Run(self.run_dir, kind="search", callbacks=self.search.callbacks)  # not opened: Search holds the lock
         await self.aready()
         start = self._start_clock()
         with track_usage() as usage, time_scoring() as scoring:
-            before = await self._test("test_before", side)
+            before = await self.held_out(side, "test_before", "initial", self.initial)
             found = await self.search.afit()
-            after = await self._test("test_after", side)
+            after = await self.held_out(side, "test_after", "best")
         result = {
             **self._result(before, after, start, usage, found.usage, scoring[0]),
             "steps": found.iterations, "stopped": found.stopped, "best_val": found.best_val, "best_id": found.best_id,
@@ -317,21 +333,11 @@ class SearchJob(_PromptTask):
         }
         side.write_json("result.json", result)
         side.log({"event": "result", **result})
-        return result
+        return JobResult(result, best=found.best, history=found.history, run_dir=self.run_dir)
 
-    async def _test(self, name: str, side: Any) -> Any:
-        if not self.test:
-            return None
-        current = self.prompt.value
-        if name == "test_before":
-            self.prompt.set_value(self.initial)
-        which = "initial" if name == "test_before" else "best"
-        self.phase(side, name, f"scoring the {which} prompt on {len(self.test)} held-out examples", total=len(self.test))
-        report = await aevaluate(self.forward, self.test, self.metric, concurrency=self.args["concurrency"])
-        self.prompt.set_value(current)
-        answered(report, f"scoring the {which} prompt")
-        side.save_eval(name, report)
-        return report
+    async def score_test(self, run: Any) -> Any:
+        """Scored here, not by Search: the held-out set is no part of the search (it never picks on it)."""
+        return await aevaluate(self.forward, self.test, self.metric, concurrency=self.args["concurrency"])
 
 
 @register("optimize")

@@ -6,7 +6,7 @@ directory's spec.json; `resume(run_dir)` reads it back, looks the recipe up and 
 CLI commands are thin adapters over these recipes; the library never imports the CLI.
 
     job = recipes.build(RunSpec("optimize", {"engine": "fake", "steps": 2}), run_dir="runs/x")
-    result = job.run()                       # dict, also written to runs/x/result.json
+    result = job.fit()                       # a JobResult: .best, .history, .run_dir; .summary = runs/x/result.json
     job = recipes.resume("runs/x", steps=4)  # later, or after a crash
 """
 from __future__ import annotations
@@ -44,16 +44,37 @@ class RunSpec:
         return cls(str(data["recipe"]), dict(data.get("args") or {}), str(data.get("kind") or "trainer"))
 
 
+@dataclass
+class JobResult:
+    """What a Job's `fit()` returns: the run protocol's `best` (parameter name -> value), `history` (rows) and
+    `run_dir`, like any `textopt.run.FitResult`, and `summary`, the JSON dict that the CLI prints and the run
+    writes to result.json (a recipe run is judged by its held-out scores, which only the summary holds)."""
+
+    summary: dict[str, Any]
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_dir is not None:
+            self.run_dir = str(self.run_dir)  # a Path from the Job: the protocol's run_dir is text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary (result.json's content), as a new dict."""
+        return dict(self.summary)
+
+
 class Job:
-    """A built recipe. `arun()` / `run()` do the whole run and return its result (a JSON dict)."""
+    """A built recipe, `textopt.run.Fittable` like the Trainer, Search and co-evolution it drives: `fit()` /
+    `await afit()` do the whole run and return a JobResult (the CLI and `textopt resume` call nothing else)."""
 
     spec: RunSpec
     run_dir: str | Path | None = None
 
-    async def arun(self) -> dict[str, Any]:
+    async def afit(self) -> JobResult:
         raise NotImplementedError
 
-    run = sync_twin(arun, "Sync `arun`: the whole run, to its result dict.")
+    fit = sync_twin(afit, "Run the job to a stop (sync `afit`): its JobResult.")
 
     @property
     def progress_note(self) -> str:
@@ -162,7 +183,7 @@ def resume_trainer(run_dir: str | Path, **kw: Any) -> Trainer:
     trainer = found if isinstance(found, Trainer) else getattr(found, "trainer", None)
     if trainer is None:
         raise RunError(f"{run_dir} is a {read_spec(run_dir).get('kind')!r} run, not a Trainer run; continue it with "
-                       f"textopt.recipes.resume({str(run_dir)!r}).run() or `textopt resume {run_dir}`")
+                       f"textopt.recipes.resume({str(run_dir)!r}).fit() or `textopt resume {run_dir}`")
     return trainer
 
 

@@ -1,7 +1,8 @@
 """The one verb that runs any optimizer: Trainer, Search and AEGIS co-evolution (`aegis.CoEvolution`) are
-`Fittable`: `fit()` (or `await afit()`) runs to a stop and returns a `FitResult` with the best values found,
-the history of the run (one row per step, iteration or round) and the run directory (None without one).
-`Optimizer.step()` stays the verb for hand-written loops."""
+`Fittable`, and so is every recipe Job that drives them (`textopt.recipes.Job`, whose `JobResult` also holds
+the result.json summary): `fit()` (or `await afit()`) runs to a stop and returns a `FitResult` with the best
+values found, the history of the run (one row per step, iteration, round or problem) and the run directory
+(None without one). `Optimizer.step()` stays the verb for hand-written loops."""
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
