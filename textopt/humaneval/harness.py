@@ -7,7 +7,7 @@ import functools
 import time
 from typing import Any
 
-from ..confine import confined
+from ..sandbox.confine import confined
 from .problems import OUTPUT_LINE_CHARS, SHOWN_FAILURES, VALUE_CHARS, _CODE_FILE, _TEST_FILE
 
 
