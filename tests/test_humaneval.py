@@ -247,6 +247,36 @@ def test_optimize_code_stops_at_max_updates_when_nothing_fixes_it(box, problems)
     assert none.updates == 0 and len(none.attempts) == 1
 
 
+def test_samples_draw_several_proposals_from_one_report_and_go_on_from_the_best(box, problems):
+    p = problems["HumanEval/0"]
+    raises = WRONG_0.replace("return False", "raise ValueError('no')")  # every check fails: rank 0
+    partial = WRONG_0.replace("return False", "return len(numbers) > 99")  # the checks expecting False pass
+    engine = to.ScriptedEngine([tgd_reply(raises), tgd_reply(partial), tgd_reply(full(p))])
+    run = he.optimize_code(p, engine, first_attempt=WRONG_0.replace("return False", "return 1 / 0"), max_updates=4,
+                           samples=2, sandbox=box)
+    assert run.passed and run.updates == 3 and len(engine.calls) == 3  # round 1: two samples; round 2: one passed
+    assert [a.code for a in run.attempts[1:]] == [raises, partial, full(p)] and run.final == 3
+    first, second, third = (r.messages[-1]["content"] for r in engine.requests)
+    assert first == second  # one report, one version: the samples differ only by their draw
+    assert engine.requests[0].options["temperature"] == 0.0 and engine.requests[1].options["temperature"] == 0.8
+    assert "return 1 / 0" in first and "len(numbers) > 99" in third  # round 2 starts from the better sample
+    assert "raise ValueError('no')" in third and "did worse on the tests" in third  # the worse one is named
+
+
+def test_samples_are_separate_draws_and_count_against_max_updates(box, problems):
+    p = problems["HumanEval/0"]
+    count = iter(range(100))
+    engine = to.ScriptedEngine(lambda m: tgd_reply(WRONG_0.replace("return False", f"return {next(count)} > 99")))
+    run = he.optimize_code(p, engine, first_attempt=WRONG_0, max_updates=3, samples=3, sandbox=box)
+    assert not run.passed and run.updates == 3 and len(engine.calls) == 3  # one round of three, not three rounds
+    assert [r.draw for r in engine.requests] == [0, 0, 1]  # the two sampled requests are identical: draws 0 and 1
+    assert len({r.messages[-1]["content"] for r in engine.requests}) == 1
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        he.optimize_code(p, engine, first_attempt=WRONG_0, samples=0, sandbox=box)
+    with pytest.raises(ValueError, match="sample_temperature"):
+        he.optimize_code(p, engine, first_attempt=WRONG_0, samples=2, sample_temperature=0, sandbox=box)
+
+
 def test_optimize_code_writes_the_first_attempt_and_refused_proposals_are_asked_again(box, problems):
     p = problems["HumanEval/0"]
     engine = to.ScriptedEngine([

@@ -245,6 +245,21 @@ def test_a_sigkilled_run_resumes_to_the_result_of_an_uninterrupted_one(tmp_path)
     assert resumed["done"] == 3 and resumed["stopped"] == "completed"
 
 
+@needs_data
+def test_update_calls_count_as_proposer_time_when_the_task_model_writes_them(tmp_path, script, monkeypatch, capsys):
+    from textopt.cli import main
+
+    monkeypatch.setattr(code_job, "make_engine", lambda spec, **kw: script.engines.append(
+        to.ScriptedEngine(script.reply, latency=0.05)) or script.engines[-1])  # every call takes 50 ms
+    assert main([*ARGS, "--out", str(tmp_path / "run"), "--json"]) == 0
+    records = {r["task_id"]: r for r in json.loads((tmp_path / "run" / "checkpoint.json").read_text())["records"]}
+    first_only, two_updates = records["HumanEval/0"]["time"], records["HumanEval/3"]["time"]
+    assert first_only["proposer_s"] < 0.03 <= first_only["task_model_s"] < 0.5  # one call: the first attempt
+    assert 0.03 <= two_updates["task_model_s"] < 0.5 and two_updates["proposer_s"] >= 0.09  # two update calls
+    split = events(capsys.readouterr().out)[-1]["time_split"]
+    assert split["proposer_s"] >= 0.13 and split["task_model_s"] >= 0.14  # three first attempts, three updates
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--task", "humaneval", "--steps", "2"], "--steps does not apply to --task humaneval"),
     (["--task", "humaneval", "--no-keep-best"], "--no-keep-best does not apply to --task humaneval"),
@@ -253,6 +268,8 @@ def test_a_sigkilled_run_resumes_to_the_result_of_an_uninterrupted_one(tmp_path)
     (["--task", "humaneval", "--ids", "HumanEval/999"], "no HumanEval problem 'HumanEval/999'"),
     (["--task", "humaneval", "--ids", "0,HumanEval/0"], "names HumanEval/0 twice"),
     (["--task", "humaneval", "--updates", "-1"], "--updates must be an integer >= 0"),
+    (["--task", "humaneval", "--samples", "0"], "--samples must be an integer >= 1"),
+    (["--samples", "2"], "--samples is for --task humaneval"),
     (["--task", "humaneval", "--problems", "0"], "--problems must be an integer >= 1"),
     (["--task", "humaneval", "--problems", "500"], "--problems must be at most 164"),
     (["--task", "humaneval", "--timeout", "0"], "--timeout must be a number of seconds > 0"),

@@ -144,6 +144,8 @@ async def aoptimize_code(
     max_tokens: int = 512,
     optimizer_options: Mapping[str, Any] | None = None,
     keep_best: bool = False,
+    samples: int = 1,
+    sample_temperature: float = 0.8,
 ) -> CodeRun:
     """Test-time optimization of one problem's code: test the first attempt (`first_attempt`, else written by
     `engine`), and while it fails and fewer than `max_updates` updates were made: backward from the test
@@ -154,12 +156,22 @@ async def aoptimize_code(
     max_tokens caps the reply of the first attempt; optimizer_options go to the optimizer (constraints are
     added to the built-in one; memory=..., reply=..., max_tokens=...). keep_best: each update starts from the
     version that passed most checks so far, a worse one is dropped and named in the next request, and the
-    run ends on the best version (`CodeRun.final`)."""
+    run ends on the best version (`CodeRun.final`).
+    samples=k: each round of feedback gets up to k update calls from the same version and the same report,
+    the first as usual, the others at `sample_temperature` (separate draws, see engines.cache.Draws); every
+    proposal is tested and the round goes on from the one that passed most checks. Each call counts against
+    `max_updates`, so samples=3 with max_updates=3 is one round of three proposals instead of three rounds
+    of one: a small model that keeps rewriting its own wrong idea gets three ideas from one report."""
     kind = str(optimizer).lower()
     if kind not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if not isinstance(max_updates, int) or max_updates < 0:
         raise ValueError(f"max_updates must be an integer >= 0, got {max_updates!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1 (update calls per round of feedback), got {samples!r}")
+    if not 0 < sample_temperature <= 2:
+        raise ValueError(f"sample_temperature must be in (0, 2]: the extra samples of a round must be drawn, "
+                         f"got {sample_temperature!r}")
     _check_timeout(timeout)
     options = dict(optimizer_options or {})
     constraint = render("humaneval_feedback.j2", "constraint", entry_point=problem.entry_point)
@@ -182,23 +194,41 @@ async def aoptimize_code(
 
         report = await tested(0)
         dropped: list[Attempt] = []
+        first_temperatures = opt.temperatures
+        drawn_temperatures = (sample_temperature, *first_temperatures[1:])
         while not run.attempts[run.final].passed and opt.steps < max_updates:
             if keep_best:  # past the check: the best may be a first attempt that doesn't compile
                 Variable.set_value(code, run.attempts[run.final].code)
+            base = code.text
             opt.zero_grad()
             feedback = render("humaneval_feedback.j2", "verdict", task_id=problem.task_id)
             if dropped:
                 feedback += "\n\n" + render("humaneval_search.j2", "dropped",
                                             dropped=[{"code": d.code, "outcome": outcome(d)} for d in dropped])
             await opt.abackward(report, feedback)
-            step = await opt.astep()
-            if not step.changed:
+            tried: list[tuple[int, Variable]] = []  # (attempt index, test report) of this round's proposals
+            for k in range(min(samples, max_updates - opt.steps)):
+                Variable.set_value(code, base)  # every sample of a round starts from the same version
+                opt.temperatures = first_temperatures if k == 0 else drawn_temperatures
+                try:
+                    step = await opt.astep()
+                finally:
+                    opt.temperatures = first_temperatures
+                if step.changed:
+                    tried.append((len(run.attempts), await tested(opt.steps)))
+                    if run.attempts[-1].passed:
+                        break
+            if not tried:
+                Variable.set_value(code, base)
                 continue
-            new = await tested(opt.steps)
-            if not keep_best or rank(run.attempts[-1]) >= rank(run.attempts[run.final]):
-                report, run.final, dropped = new, len(run.attempts) - 1, []
+            index, new = max(tried, key=lambda t: rank(run.attempts[t[0]]))  # the first of equals
+            best = rank(run.attempts[index])
+            others = [run.attempts[i] for i, _ in tried if rank(run.attempts[i]) < best]  # named in the next request
+            if not keep_best or best >= rank(run.attempts[run.final]):
+                report, run.final, dropped = new, index, others
+                Variable.set_value(code, run.attempts[index].code)
             else:
-                dropped.append(run.attempts[-1])
+                dropped.extend(run.attempts[i] for i, _ in tried)
         if keep_best:
             Variable.set_value(code, run.attempts[run.final].code)
         run.updates = opt.steps

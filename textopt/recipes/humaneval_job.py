@@ -51,7 +51,7 @@ RECIPE = "humaneval"
 #: a looping reply at 1,024 tokens cost minutes per problem on 2 cores.
 CODE_DEFAULTS: dict[str, Any] = {
     "engine": "local:qwen2.5-coder-1.5b", "backward_engine": None, "base_url": None, "task": "humaneval",
-    "optimizer": "tgd", "proposer": "tgd", "updates": 3, "problems": None, "ids": None, "seed": 0, "timeout": 10.0,
+    "optimizer": "tgd", "proposer": "tgd", "updates": 3, "samples": 1, "problems": None, "ids": None, "seed": 0, "timeout": 10.0,
     "max_tokens": 512, "update_tokens": 1024, "update_format": "json", "budget_tokens": None, "budget_calls": None,
     "budget_usd": None, "latency": 0.0, "no_cache": False,
 }
@@ -104,7 +104,7 @@ def resolve_code_args(args: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"--proposer must be tgd or optoprime, got {a['proposer']!r}")
     if a["update_format"] not in ("json", "text"):
         raise ValueError(f"--update-format must be json or text, got {a['update_format']!r}")
-    for name, low in (("updates", 0), ("max_tokens", 1), ("update_tokens", 16), ("seed", 0)):
+    for name, low in (("updates", 0), ("samples", 1), ("max_tokens", 1), ("update_tokens", 16), ("seed", 0)):
         _int_at_least(a, name, low)
     timeout = a["timeout"]
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -136,12 +136,13 @@ def load_problems(a: Mapping[str, Any]) -> list["Problem"]:
 async def akeep_best(
     problem: "Problem", engine: "Engine | str | None", *, first_attempt: str, proposer: str = "tgd",
     max_updates: int = 3, timeout: float = 10.0, sandbox: "Sandbox | None" = None,
-    optimizer_options: Mapping[str, Any] | None = None,
+    optimizer_options: Mapping[str, Any] | None = None, samples: int = 1,
 ) -> tuple["CodeRun", int]:
     """Keep-best search on one problem's code (see the module docstring): the CodeRun with every version
     tested, and the index of the final (best) one in its attempts. engine writes the proposals."""
     run = await aoptimize_code(problem, engine, optimizer=proposer, max_updates=max_updates, first_attempt=first_attempt,
-                               timeout=timeout, sandbox=sandbox, optimizer_options=optimizer_options, keep_best=True)
+                               timeout=timeout, sandbox=sandbox, optimizer_options=optimizer_options, keep_best=True,
+                               samples=samples)
     run.optimizer = "search"
     return run, run.final
 
@@ -266,15 +267,17 @@ class CodeJob(Job):
         before = [e.usage.to_dict() for _, e in engines]
         start = time.perf_counter()
         first = await adraft_code(problem, self.engine, max_tokens=a["max_tokens"])
+        draft_s = self.engine.usage.seconds - before[0]["seconds"]  # the first attempt: the task model's part
         if a["optimizer"] == "search":
             code_run, final = await akeep_best(
                 problem, self.backward_engine, first_attempt=first, proposer=a["proposer"], max_updates=a["updates"],
-                timeout=a["timeout"], sandbox=sandbox, optimizer_options=self._optimizer_options(a["proposer"]))
+                timeout=a["timeout"], sandbox=sandbox, optimizer_options=self._optimizer_options(a["proposer"]),
+                samples=a["samples"])
         else:
             code_run = await aoptimize_code(
                 problem, self.engine, optimizer=a["optimizer"], max_updates=a["updates"], first_attempt=first,
                 optimizer_engine=self.backward_engine, timeout=a["timeout"], sandbox=sandbox,
-                optimizer_options=self._optimizer_options(a["optimizer"]))
+                optimizer_options=self._optimizer_options(a["optimizer"]), samples=a["samples"])
             final = code_run.final
         wall = time.perf_counter() - start
         spent: dict[str, dict[str, Any]] = {}
@@ -294,8 +297,9 @@ class CodeJob(Job):
             "failed_checks": final_a.failed_checks, "outcome": self._outcome(first_a, final_a, code_run.updates),
             "failures": [{"step": f.step, "kind": f.kind, "error": _clip(f.error, 300)} for f in code_run.failures],
             "usage": spent, "seconds": round(wall, 3),
-            "time": {"wall_s": round(wall, 3), "task_model_s": round(model_s[0], 3),
-                     "proposer_s": round(model_s[1] if len(model_s) > 1 else 0.0, 3), "scoring_s": round(tests, 3)},
+            # update calls count as the proposer's time, also when the task model writes them
+            "time": {"wall_s": round(wall, 3), "task_model_s": round(draft_s, 3),
+                     "proposer_s": round(sum(model_s) - draft_s, 3), "scoring_s": round(tests, 3)},
         }
         rows = [{"task_id": problem.task_id, "update": x.update, "final": i == final, "passed": x.passed,
                  "status": x.status, "checks": x.checks, "failed_checks": x.failed_checks, "duration": x.duration,
@@ -336,7 +340,7 @@ def summarize(records: Sequence[Mapping[str, Any]], args: Mapping[str, Any], *, 
     return {
         "task": RECIPE, "engine": args.get("engine"), "backward_engine": args.get("backward_engine"),
         "optimizer": args.get("optimizer"), "proposer": args.get("proposer") if args.get("optimizer") == "search" else None,
-        "updates": args.get("updates"), "problems": problems, "done": len(records), "ids": list(ids),
+        "updates": args.get("updates"), "samples": args.get("samples") or 1, "problems": problems, "done": len(records), "ids": list(ids),
         "pass1_before": before and before.mean, "pass1_after": after and after.mean,
         "ci95_before": before and before.ci95, "ci95_after": after and after.ci95,
         "gain": gain and gain[0], "ci95_gain": gain and gain[1],
@@ -386,7 +390,8 @@ def summary_text(result: Mapping[str, Any]) -> str:
     """The end of a code run as text: pass@1 before/after, what flipped, calls, tokens, time."""
     out = [f"task: humaneval on {result['engine']} with {result['optimizer']}"
            + (f" (proposals by {result['proposer']})" if result.get("proposer") else "")
-           + f" ({result['done']} of {result['problems']} problems, at most {result['updates']} update call(s) each)"]
+           + f" ({result['done']} of {result['problems']} problems, at most {result['updates']} update call(s) each"
+           + (f", {result['samples']} per round of feedback" if (result.get("samples") or 1) > 1 else "") + ")"]
     if result.get("backward_engine") and result["backward_engine"] != result["engine"]:
         out.append(f"updates written by: {result['backward_engine']}")
     out.append(f"pass@1 before: {_rate(result, 'before')}")
