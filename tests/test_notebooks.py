@@ -22,7 +22,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 IDS = [p.name for p in NOTEBOOKS]
 #: Notebooks whose committed outputs must include a picture (a curve, a graph).
 PICTURES = {"01_optimize_prompt.ipynb": "image/png", "02_trace_pipeline.ipynb": "image/svg+xml",
-            "03_aegis.ipynb": "image/png"}
+            "03_aegis.ipynb": "image/png", "04_humaneval.ipynb": "image/svg+xml"}
 
 
 def output_kinds(cell: Any) -> set[str]:
