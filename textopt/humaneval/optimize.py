@@ -218,8 +218,7 @@ async def aoptimize_code(
                     tried.append((len(run.attempts), await tested(opt.steps)))
                     if run.attempts[-1].passed:
                         break
-            if not tried:
-                Variable.set_value(code, base)
+            if not tried:  # every proposal was refused: the code is still `base`
                 continue
             index, new = max(tried, key=lambda t: rank(run.attempts[t[0]]))  # the first of equals
             best = rank(run.attempts[index])

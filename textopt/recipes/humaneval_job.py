@@ -51,7 +51,8 @@ RECIPE = "humaneval"
 #: a looping reply at 1,024 tokens cost minutes per problem on 2 cores.
 CODE_DEFAULTS: dict[str, Any] = {
     "engine": "local:qwen2.5-coder-1.5b", "backward_engine": None, "base_url": None, "task": "humaneval",
-    "optimizer": "tgd", "proposer": "tgd", "updates": 3, "samples": 1, "problems": None, "ids": None, "seed": 0, "timeout": 10.0,
+    "optimizer": "tgd", "proposer": "tgd", "updates": 3, "samples": 1, "problems": None, "ids": None, "seed": 0,
+    "timeout": 10.0,
     "max_tokens": 512, "update_tokens": 1024, "update_format": "json", "budget_tokens": None, "budget_calls": None,
     "budget_usd": None, "latency": 0.0, "no_cache": False,
 }
@@ -340,7 +341,8 @@ def summarize(records: Sequence[Mapping[str, Any]], args: Mapping[str, Any], *, 
     return {
         "task": RECIPE, "engine": args.get("engine"), "backward_engine": args.get("backward_engine"),
         "optimizer": args.get("optimizer"), "proposer": args.get("proposer") if args.get("optimizer") == "search" else None,
-        "updates": args.get("updates"), "samples": args.get("samples") or 1, "problems": problems, "done": len(records), "ids": list(ids),
+        "updates": args.get("updates"), "samples": args.get("samples") or 1, "problems": problems, "done": len(records),
+        "ids": list(ids),
         "pass1_before": before and before.mean, "pass1_after": after and after.mean,
         "ci95_before": before and before.ci95, "ci95_after": after and after.ci95,
         "gain": gain and gain[0], "ci95_gain": gain and gain[1],
