@@ -71,5 +71,20 @@ def track_usage() -> Iterator[Usage]:
         _trackers.reset(token)
 
 
+@contextlib.contextmanager
+def counting_into(usage: Usage) -> Iterator[Usage]:
+    """Count the engine calls of this scope into an existing `usage` too, as they happen (a run's live
+    counter). Inside a scope that already counts into it, nothing is added, so no call is counted twice."""
+    active = _trackers.get()
+    if any(u is usage for u in active):  # by identity: two Usage with the same numbers compare equal
+        yield usage
+        return
+    token = _trackers.set(active + (usage,))
+    try:
+        yield usage
+    finally:
+        _trackers.reset(token)
+
+
 def active_trackers() -> tuple[Usage, ...]:
     return _trackers.get()

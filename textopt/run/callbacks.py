@@ -87,8 +87,11 @@ class Progress(Callback):
 
     It also keeps a heartbeat, so no long stretch is silent: a "phase" event (e.g. scoring on the test set),
     a run's start and each step begin a stretch of work; while one lasts, the bar is refreshed every second
-    (with the calls made so far) or, without a bar, a line is printed whenever `every` seconds passed
-    without output. Calls are counted from the usage trackers active where the event was logged."""
+    (with the calls and tokens of the stretch so far) or, without a bar, a line is printed whenever `every`
+    seconds passed without output. Calls are counted live, as each one is made (task model and proposer
+    alike): from the run's own counter (`Run.live`, fed by every `run.track()` scope) and from the outermost
+    usage tracker active where the event was logged (a job's, which also sees calls outside run.track());
+    the larger count of the stretch is shown, since neither counts a call that wasn't made."""
 
     def __init__(self, bar: bool | None = None, *, desc: str = "textopt", stream: Any = None, every: float = 8.0) -> None:
         self.stream = stream
@@ -119,14 +122,15 @@ class Progress(Callback):
         return tqdm(file=self.stream or sys.stderr, **kw)
 
     # -- the heartbeat ---------------------------------------------------------------------------
-    def _begin(self, label: str, total: int | None = None) -> None:
+    def _begin(self, label: str, total: int | None = None, run: Any = None) -> None:
         """A stretch of work starts: counted from now, shown until the next one (or the end)."""
-        trackers = active_trackers()
-        usage = trackers[0] if trackers else None
+        counters = [u for u in (getattr(run, "live", None), *active_trackers()[:1]) if u is not None]
+        if len(counters) == 2 and counters[0] is counters[1]:
+            counters.pop()
         with self._lock:
             self._close_phase_bar()
-            self._work = {"label": label, "since": time.monotonic(), "total": total, "usage": usage,
-                          "calls0": self._calls(usage)}
+            self._work = {"label": label, "since": time.monotonic(), "total": total,
+                          "start": [(u, *self._count(u)) for u in counters]}
             if total and self.want_bar and self._bar is None:
                 self._phase_bar = self._tqdm(total=total, desc=label, unit="example")
             if self._thread is None:  # the beat thread clears this under the lock as it ends: no lost restart
@@ -139,8 +143,17 @@ class Progress(Callback):
             self._close_phase_bar()
 
     @staticmethod
-    def _calls(usage: Any) -> int:
-        return 0 if usage is None else int(usage.calls + usage.cached_calls)
+    def _count(usage: Any) -> tuple[int, int]:
+        """(calls, tokens) so far: paid and cached calls, the tokens of the paid ones."""
+        return int(usage.calls + usage.cached_calls), int(usage.total_tokens)
+
+    def _done(self, work: dict[str, Any]) -> tuple[int, int]:
+        """(calls, tokens) made since the stretch began: a few integer reads, cheap enough for every beat."""
+        best = (0, 0)
+        for usage, calls0, tokens0 in work["start"]:
+            calls, tokens = self._count(usage)
+            best = max(best, (calls - calls0, tokens - tokens0))
+        return best
 
     def _beat(self) -> None:
         while True:
@@ -150,39 +163,41 @@ class Progress(Callback):
                 if work is None:
                     self._thread = None
                     return
-                done = self._calls(work["usage"]) - work["calls0"]
+                done, tokens = self._done(work)
                 elapsed = time.monotonic() - work["since"]
                 if self._phase_bar is not None:
                     self._phase_bar.n = min(done, work["total"])
                     self._phase_bar.refresh()
                 elif self._bar is not None:
-                    self._bar.set_postfix_str(f"{work['label']}: {done} calls, {elapsed:.0f} s", refresh=True)
+                    self._bar.set_postfix_str(f"{work['label']}: {done} calls, {tokens} tokens, {elapsed:.0f} s",
+                                              refresh=True)
                 elif time.monotonic() - self._shown >= self.every:
                     count = f"{min(done, work['total'])}/{work['total']} done" if work["total"] else f"{done} calls"
-                    self._print(f"  ... {work['label']}: {count}, {elapsed:.0f} s")
+                    self._print(f"  ... {work['label']}: {count}, {tokens} tokens, {elapsed:.0f} s")
 
     def _close_phase_bar(self) -> None:
         if self._phase_bar is not None:
             work = self._work
             if work is not None and work["total"]:
-                self._phase_bar.n = min(work["total"], self._calls(work["usage"]) - work["calls0"])
+                self._phase_bar.n = min(work["total"], self._done(work)[0])
             self._phase_bar.close()
             self._phase_bar = None
 
     def _next(self, run: Any, done: int, *, seeded: bool = True) -> None:
         """The stretch of work after `done` steps (search iterations, AEGIS rounds) have completed."""
         if run.kind == "search":
-            self._begin(f"search iteration {done + 1}" if seeded else "search: scoring the starting prompt on validation")
+            self._begin(f"search iteration {done + 1}" if seeded else "search: scoring the starting prompt on validation",
+                        run=run)
         elif run.kind == "aegis":
-            self._begin(f"aegis round {done + 1}")
+            self._begin(f"aegis round {done + 1}", run=run)
         elif run.kind == "code":  # a problem of `textopt optimize --task humaneval`
             if self._total and done >= self._total:
                 self._idle()
             else:
-                self._begin(f"problem {done + 1}" + (f" of {self._total}" if self._total else ""))
+                self._begin(f"problem {done + 1}" + (f" of {self._total}" if self._total else ""), run=run)
         else:
             of = f" of {self._total}" if self._total else ""
-            self._begin(f"{self.desc} step {done + 1}{of}")
+            self._begin(f"{self.desc} step {done + 1}{of}", run=run)
 
     # -- callbacks -------------------------------------------------------------------------------
     def on_start(self, run: Any, info: dict[str, Any]) -> None:
@@ -213,7 +228,7 @@ class Progress(Callback):
             what = str(event.get("what") or event.get("phase") or "working")
             if not self.want_bar:
                 self._print(what)
-            self._begin(what, event.get("total") if isinstance(event.get("total"), int) else None)
+            self._begin(what, event.get("total") if isinstance(event.get("total"), int) else None, run=run)
         elif kind in ("error", "interrupted", "result"):
             self.on_end(run, event)
         elif kind == "budget" and self._bar is None:

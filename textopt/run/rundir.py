@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from filelock import FileLock, Timeout
 
 from ..checkpoint import atomic_write_text
-from ..engines.usage import Usage, track_usage
+from ..engines.usage import Usage, counting_into, track_usage
 from ..errors import AuthenticationFailed, CheckpointError, RunError, RunLocked, is_auth_error
 from ..secrets import scrub as scrub_error
 from .budgets import Budgets
@@ -136,6 +136,9 @@ class Run:
         self.resuming = resume
         self.totals: dict[str, Any] = {**{k: 0 for k in USAGE_KEYS}, "cost_usd": 0.0}
         self.metric_calls = 0
+        # the calls of this process's track() scopes, counted as they are made (totals grow only as a scope
+        # ends): what the progress heartbeat reads mid-step
+        self.live = Usage()
         self.stopped: str | None = None
         self.loaded_from: Path | None = None
         self._lock: Any = None
@@ -204,8 +207,9 @@ class Run:
     # -- usage and budgets -------------------------------------------------------------------
     @contextlib.contextmanager
     def track(self) -> Iterator["Usage"]:
-        """Count what runs inside (tokens, calls, cached calls, cost in USD) into this run's totals."""
-        with track_usage() as usage:
+        """Count what runs inside (tokens, calls, cached calls, cost in USD) into this run's totals (as the
+        scope ends) and into `live` (call by call)."""
+        with counting_into(self.live), track_usage() as usage:
             try:
                 yield usage
             finally:
