@@ -5,7 +5,8 @@
   improved-variable tags, Trace's suggestion dict, plain text). Threaded, so concurrent requests overlap
   as they would on a real provider. It is the timing engine: the model's own speed is taken out.
 - CountingProxy: forwards to llama.cpp's server and counts requests, prompt characters and tokens.
-- LlamaServer: starts and stops `python -m llama_cpp.server` serving the embedded SmolLM2 model.
+- LlamaServer: starts and stops `python -m llama_cpp.server` serving the embedded SmolLM2 model (or another
+  GGUF file; with --reflect-gguf the harness runs a second one for the optimizers, behind its own proxy).
 
 Both servers account per run: a client uses base URL `http://127.0.0.1:PORT/run/<run-id>/v1`, and the
 server files every request under <run-id> (`stats(run_id)`). That is how prompt sizes, calls and tokens
@@ -48,6 +49,8 @@ class RunStats:
     max_in_flight: int = 0
     in_flight: int = 0
     last_messages: list[dict[str, Any]] = field(default_factory=list)
+    #: How many requests named each model (the "model" field), so a run shows which model it asked for.
+    models: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class RunStats:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "max_in_flight": self.max_in_flight,
+            "models": dict(self.models),
         }
 
 
@@ -77,10 +81,11 @@ class _Accounting:
         self.lock = threading.Lock()
         self.runs: dict[str, RunStats] = {}
 
-    def start(self, run: str, messages: list[dict[str, Any]]) -> None:
+    def start(self, run: str, messages: list[dict[str, Any]], model: str | None = None) -> None:
         with self.lock:
             s = self.runs.setdefault(run, RunStats())
             s.calls += 1
+            s.models[str(model)] = s.models.get(str(model), 0) + 1
             s.prompt_chars.append(message_chars(messages))
             s.in_flight += 1
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
@@ -250,7 +255,7 @@ class LatencyServer(_Server):
                     self._send(404, {"error": {"message": f"no route {path}"}})
                     return
                 messages = body.get("messages") or []
-                srv.acct.start(run, messages)
+                srv.acct.start(run, messages, body.get("model"))
                 try:
                     srv._wait()
                     reply = canned_reply(body)
@@ -307,7 +312,7 @@ class CountingProxy(_Server):
             def do_POST(self) -> None:
                 run, path = self._split()
                 body = self._body()
-                srv.acct.start(run, body.get("messages") or [])
+                srv.acct.start(run, body.get("messages") or [], body.get("model"))
                 pt = ct = 0
                 try:
                     code, data = self._forward("POST", path, json.dumps(body).encode())

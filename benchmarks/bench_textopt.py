@@ -33,6 +33,16 @@ def engine(cfg: dict[str, Any], **kw: Any) -> to.Engine:
     return to.get_engine("openai:" + cfg["model"], base_url=cfg["base_url"], max_tokens=cfg.get("max_tokens"), timeout=900.0, **kw)
 
 
+def task_and_optimizer_engines(cfg: dict[str, Any]) -> tuple[to.Engine, to.Engine]:
+    """(task engine, optimizer engine) of a (d)/(e) run: one engine for both, unless the harness gave a
+    separate reflection model (task_url + opt_url/opt_model, --reflect-gguf)."""
+    if "task_url" not in cfg:
+        eng = engine(cfg)
+        return eng, eng
+    return (engine({**cfg, "base_url": cfg["task_url"]}),
+            engine({**cfg, "base_url": cfg.get("opt_url", cfg["base_url"]), "model": cfg.get("opt_model", cfg["model"])}))
+
+
 # -- (a) backward + step wall time -------------------------------------------------------------------
 
 
@@ -107,10 +117,11 @@ async def prompt_size(cfg: dict[str, Any]) -> dict[str, Any]:
 async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
     """Steps of (forward, loss, backward, update) on training examples; held-out replies before and after.
 
-    Returns raw replies: the harness scores them, the same way for every framework."""
-    eng = engine(cfg)
+    Returns raw replies: the harness scores them, the same way for every framework. `eng` is the optimizer's
+    engine (losses, gradients, updates, proposals); the system prompt's answers come from the task engine."""
+    task_eng, eng = task_and_optimizer_engines(cfg)
     prompt = to.Variable(INITIAL_PROMPT, role=PROMPT_ROLE, requires_grad=True, name="system_prompt")
-    llm = to.LLM(eng, system_prompt=prompt)
+    llm = to.LLM(task_eng, system_prompt=prompt)
     kind = cfg.get("optimizer", "tgd")
     if kind == "search":
         return await _search_proposals(cfg, eng, prompt, llm)
@@ -271,7 +282,9 @@ class LabelProgram:
 
         self.cfg = cfg
         self.task_engine = to.get_engine("openai:" + cfg["model"], base_url=cfg["task_url"], max_tokens=cfg["max_tokens"], timeout=900.0)
-        self.opt_engine = to.get_engine("openai:" + cfg["model"], base_url=cfg["opt_url"], max_tokens=cfg["opt_max_tokens"], timeout=900.0)
+        # The optimizer's model: a separate reflection model when the harness gave one (--reflect-gguf).
+        self.opt_engine = to.get_engine("openai:" + cfg.get("opt_model", cfg["model"]), base_url=cfg["opt_url"],
+                                        max_tokens=cfg["opt_max_tokens"], timeout=900.0)
         self.template = to.Variable(cfg["seed_prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
         self.metric = datasets.label_metric(tuple(cfg["labels"]))
         self.llm = to.LLM(self.task_engine)

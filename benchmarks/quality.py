@@ -5,8 +5,10 @@ label task (textopt.datasets: sentiment, categories), gets the same budget of ta
 forwards and validation evaluations, counted logically by each worker and checked at the server), and its
 final template is scored on a held-out test set nobody optimized on, by one shared scorer: the template
 rendered in the user turn around each test input, greedy, max_tokens 24, label metric. Optimizer calls
-(gradients, losses, updates, reflections) go to the same model through a separate route of the counting
-proxy, so task-model and optimizer tokens are reported apart.
+(gradients, losses, updates, reflections) go through a separate route of the counting proxy, so task-model
+and optimizer tokens are reported apart: to the same model by default, or, with `--reflect-gguf`, to a
+second llama.cpp server with its own model (the reflection model) and its own counting proxy, while the
+task calls and the scorer stay on the task model.
 
 Optimizers: textopt TGD and OptoPrime under Trainer, textopt Search, TextGrad TGD, Trace OptoPrime, GEPA
 (`gepa.optimize` with its default adapter through LiteLLM). The step schedule of the Trainer-style loops is
@@ -58,16 +60,35 @@ def mean_ci(xs: list[float]) -> tuple[float | None, list[float] | None]:
     return m, [m - half, m + half]
 
 
+def routes(server: Any, model: str, tag: str, opt_server: Any = None, opt_model: str | None = None) -> dict[str, Any]:
+    """The per-run config keys that say where one optimizer run's calls go. Task calls (forwards, validation):
+    route `<tag>-task` of `server`, model `model`. Optimizer calls (losses, gradients, updates, reflections,
+    proposals): route `<tag>-opt` of `opt_server`, model `opt_model` (the task server and model when no
+    reflection model is given). Every worker reads `model`/`task_url` for its task engine and
+    `opt_model`/`opt_url` for its optimizer engine; `base_url` is the optimizer route too, since Trace's
+    backend (TRACE_CUSTOMLLM_URL) and the harness's environment read that one."""
+    opt_server = opt_server if opt_server is not None else server
+    opt_url = opt_server.base_url(tag + "-opt")
+    return {"model": model, "opt_model": opt_model or model, "task_url": server.base_url(tag + "-task"),
+            "opt_url": opt_url, "base_url": opt_url}
+
+
 def wl_quality(r: Any, server: Any, model: str, mode: dict[str, Any], engine_desc: str,
-               publish: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+               publish: Callable[[dict[str, Any]], None] | None = None, *, opt_server: Any = None,
+               opt_model: str | None = None, models: dict[str, str] | None = None) -> dict[str, Any]:
+    """(g) on `server` (task model `model`); with opt_server/opt_model every optimizer's calls go there instead
+    (a separate reflection model). `models` names them for the tables: {"task": ..., "optimizer": ...}."""
     from run import log
     from textopt import datasets
 
     q = mode["quality"]
+    opt_server = opt_server if opt_server is not None else server
     seed_prompt = datasets.BARE_TEMPLATE
     res: dict[str, Any] = {"engine": engine_desc, "settings": dict(q), "seed_prompt": seed_prompt, "target": TARGET,
                            "data": f"test: load(task, n={q['test']}, seed={TEST_SEED}); train+val: load(task, n=train+val, seed=100+seed)",
                            "tasks": {}}
+    if models:
+        res["models"] = dict(models)
     for task in q["tasks"]:
         labels = list(datasets.LABELS[task])
         test = [{"question": e.question, "answer": e.answer} for e in datasets.load(task, n=q["test"], seed=TEST_SEED)]
@@ -84,9 +105,8 @@ def wl_quality(r: Any, server: Any, model: str, mode: dict[str, Any], engine_des
                     continue
                 tag = f"q-{task}-{seed}-{name}-{kind}-{r._n}"
                 cfg = {"task": task, "labels": labels, "seed": seed, "seed_prompt": seed_prompt, "train": train, "val": val,
-                       "budget": q["budget"], "batch": q["batch"], "optimizer": kind, "model": model,
-                       "task_url": server.base_url(tag + "-task"), "opt_url": server.base_url(tag + "-opt"),
-                       "base_url": server.base_url(tag + "-opt"),  # Trace's backend reads this one (optimizer calls)
+                       "budget": q["budget"], "batch": q["batch"], "optimizer": kind,
+                       **routes(server, model, tag, opt_server, opt_model),
                        "max_tokens": 24, "opt_max_tokens": mode["max_tokens"]}
                 if name == "textopt":  # textopt's worker is the scorer's process: it scores its own final prompt there
                     cfg["score"] = {"model": model, "base_url": server.base_url(f"score-{task}-{r._n}"), "labels": labels,
@@ -99,11 +119,11 @@ def wl_quality(r: Any, server: Any, model: str, mode: dict[str, Any], engine_des
                 else:
                     final = out["final_prompt"]
                     after = out["after_score"] if "after_score" in out else _score(r, server, model, task, labels, [final], test)[0]
-                    tu, ou = server.stats(tag + "-task").to_dict(), server.stats(tag + "-opt").to_dict()
+                    tu, ou = server.stats(tag + "-task").to_dict(), opt_server.stats(tag + "-opt").to_dict()
                     row.update(available=True, final_prompt=final, before=before["accuracy"], after=after["accuracy"],
                                after_ci95=after["ci95"], task_calls_logical=out.get("task_calls"), budget=q["budget"],
-                               task_usage={k: tu[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens")},
-                               optimizer_usage={k: ou[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens")},
+                               task_usage={k: tu[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "models")},
+                               optimizer_usage={k: ou[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "models")},
                                steps=out.get("steps", []), how=out.get("how", ""), val_best=out.get("val_best"))
                 t_res["runs"].append(row)
                 log(f"(g) {task} seed {seed} {label}: " + (f"{row['before']:.2f} -> {row['after']:.2f}, task calls "
@@ -242,6 +262,12 @@ def markdown(res: dict[str, Any], plot_name: str | None = None) -> list[str]:
          f"{s['seeds']}; test accuracy on {s['test']} held-out examples ({res['data']}), scored by one shared scorer "
          "(template in the user turn, greedy, 24 tokens, exactly-one-label metric). Means over seeds with 95% t-intervals; "
          "task-model and optimizer usage counted at the server (mean per run).", ""]
+    if res.get("models"):  # a separate reflection model (--reflect-gguf): say which model did what
+        m = res["models"]
+        L += [f"**Models.** Task model (forwards, validation, the test scorer): {m['task']}. Reflection/optimizer model "
+              f"(every optimizer's losses, gradients, updates, proposals and reflections): {m['optimizer']}. Each runs in "
+              "its own llama.cpp server behind its own counting proxy; the optimizer calls and tokens below are the "
+              "reflection server's, the task calls and tokens the task server's.", ""]
     spread = HERE / "spread.json"
     if spread.is_file():  # why these tasks: the prompt moves accuracy a lot here (benchmarks/prompt_spread.py)
         import json

@@ -4,13 +4,17 @@
     python benchmarks/run.py --quick    # the same workloads, smaller (a few minutes plus the model's time)
     python benchmarks/run.py --only textopt --tiny --out DIR   # seconds, no peers, no model (what the test runs)
     python benchmarks/run.py --workloads g --gguf MODEL.gguf --out DIR   # (g) on another local GGUF model
+    python benchmarks/run.py --workloads g --reflect-gguf reflect --out DIR  # (g): optimizers on the 1.5B, task on SmolLM2
 
 Peers are pip-installed into virtual environments under benchmarks/.cache/venvs/ (git-ignored), never into
 the project's environment. Every framework reaches the engines through its own OpenAI-compatible path:
 - a latency engine (benchmarks/bench_servers.py: a fake OpenAI server on 127.0.0.1, 50 ms per request,
   canned replies) for timing and prompt sizes, so the model's speed is taken out;
 - llama.cpp's OpenAI-compatible server serving the embedded SmolLM2 model (started and stopped here),
-  behind a counting proxy, for valid updates, end to end accuracy, tokens and cache re-runs.
+  behind a counting proxy, for valid updates, end to end accuracy, tokens and cache re-runs;
+- with --reflect-gguf, a second llama.cpp server with a reflection model (e.g. the installed
+  Qwen2.5-Coder-1.5B-Instruct, `--reflect-gguf reflect`) behind its own counting proxy: in (d) and (g) every
+  optimizer's calls go there, the task model's calls stay on the first server.
 Calls, prompt characters and tokens are counted at the servers, the same way for everyone.
 Writes benchmarks/results.json and the harness section of BENCHMARKS.md.
 """
@@ -76,6 +80,8 @@ MODES: dict[str, dict[str, Any]] = {
                          "optimizers": ["textopt TGD (Trainer)", "textopt Search"]}},
 }
 LATENCY = 0.05
+#: The name the reflection model's server answers to (--reflect-gguf); every optimizer asks for it.
+REFLECT_ALIAS = "reflect"
 
 
 def log(msg: str) -> None:
@@ -133,6 +139,26 @@ class Frameworks:
         return name in self.only and name in self.python
 
 
+def reflect_model(value: str) -> tuple[Path, str]:
+    """(path, description) of --reflect-gguf's model: a .gguf file, or a registered local model name such as
+    "reflect" (the installed Qwen2.5-Coder-1.5B-Instruct, assembled from its packages by textopt.engines.models
+    on first use). ValueError with the reason when there is no such file or model."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.resolve(), path.name
+    if "/" not in value and not value.endswith(".gguf"):
+        from textopt.engines.models import ModelFileError, find_model, model_path
+
+        found = find_model(value)
+        if found is not None:
+            try:
+                return model_path(value), found.upstream
+            except ModelFileError as exc:
+                raise ValueError(f"--reflect-gguf {value}: {exc}") from None
+    raise ValueError(f"--reflect-gguf: no file {value!r}; give the path of a .gguf model file, or 'reflect' for the "
+                     "installed Qwen2.5-Coder-1.5B-Instruct")
+
+
 def _textopt_version() -> str:
     import textopt
 
@@ -183,7 +209,8 @@ class Runner:
         script = OWN_SCRIPTS[name] if name in OWN_SCRIPTS else PEERS[name]["script"]
         cmd = [self.fw.python[name], str(script), workload, str(cfg_path)]
         self.commands.append(_show(cmd))
-        env = self.env(name, cfg.get("base_url"), cfg.get("model", ""), cache_dir)
+        # Trace's backend (the optimizer's LLM) is configured by environment: the optimizer route and model.
+        env = self.env(name, cfg.get("base_url"), cfg.get("opt_model") or cfg.get("model", ""), cache_dir)
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cache_dir, timeout=timeout)
@@ -316,16 +343,32 @@ OPTIMIZERS = [("textopt", "tgd", "textopt TGD"), ("textopt", "optoprime", "texto
 VALID_OPTIMIZERS = OPTIMIZERS[:2] + [("textopt", "search", "textopt Search")] + OPTIMIZERS[2:]
 
 
-def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], engine_desc: str, publish: Any = None) -> dict[str, Any]:
-    """(d) fraction of optimizer steps that yield a usable new value (non-empty, changed, no crash)."""
+def valid_config(server: Any, model: str, run_id: str, mode: dict[str, Any], kind: str, train: list[dict[str, str]],
+                 opt_server: Any = None, opt_model: str | None = None) -> dict[str, Any]:
+    """One (d) run's config. With one model, every call goes to route `run_id` of `server` (as before). With a
+    reflection model (opt_server, opt_model), the task model's calls (the system prompt's answers) go to route
+    `<run_id>-task` of `server` as `model`, and the optimizer's calls (losses, gradients, updates, proposals) to
+    route `run_id` of `opt_server` as `opt_model`; `base_url` is that optimizer route (Trace's backend reads it)."""
+    cfg: dict[str, Any] = {"base_url": server.base_url(run_id), "model": model, "max_tokens": mode["max_tokens"],
+                           "optimizer": kind, "steps": mode["valid_steps"], "batch": 1, "train": train, "eval": []}
+    if opt_server is not None:
+        cfg.update(base_url=opt_server.base_url(run_id), opt_url=opt_server.base_url(run_id),
+                   task_url=server.base_url(run_id + "-task"), opt_model=opt_model or model)
+    return cfg
+
+
+def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], engine_desc: str, publish: Any = None, *,
+                     opt_server: Any = None, opt_model: str | None = None) -> dict[str, Any]:
+    """(d) fraction of optimizer steps that yield a usable new value (non-empty, changed, no crash). With
+    opt_server/opt_model (a reflection model), the optimizer's calls go there and are the row's usage; the
+    task model's are counted apart (task_usage)."""
     train = _examples(max(mode["valid_steps"], 3), seed=1)
     rows: dict[str, Any] = {}
     for name, kind, label in VALID_OPTIMIZERS:
         if not r.fw.available(name) or (mode.get("optimizers") and label not in mode["optimizers"]):
             continue
         run_id = f"valid-{name}-{kind}-{r._n}"
-        cfg = {"base_url": server.base_url(run_id), "model": model, "max_tokens": mode["max_tokens"], "optimizer": kind,
-               "steps": mode["valid_steps"], "batch": 1, "train": train, "eval": []}
+        cfg = valid_config(server, model, run_id, mode, kind, train, opt_server, opt_model)
         out = r.run(name, "optimize", cfg)
         if "error" in out or not out.get("available", True):
             rows[label] = {"available": False, "reason": out.get("error") or out.get("reason", "")}
@@ -337,8 +380,11 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
             rows[label] = {"available": True, "steps": len(steps), "valid": valid, "rate": valid / len(steps),
                            "changed": sum(s["changed"] for s in steps), "errors": errors[:4],
                            "error_counts": dict(counts.most_common(6)),
-                           "usage": {k: v for k, v in server.stats(run_id).to_dict().items() if k != "prompt_chars"}, "seconds": out.get("wall_seconds"),
+                           "usage": {k: v for k, v in (opt_server or server).stats(run_id).to_dict().items() if k != "prompt_chars"},
+                           "seconds": out.get("wall_seconds"),
                            "checkout": r.fw.info["textopt"]["version"]}  # which code the row ran on, once rows are merged
+            if opt_server is not None:  # the optimizer's calls are the reflection server's; the task model's apart
+                rows[label]["task_usage"] = {k: v for k, v in server.stats(run_id + "-task").to_dict().items() if k != "prompt_chars"}
         log(f"(d) {label}: {rows[label].get('rate', rows[label].get('reason'))}")
         if publish is not None:
             publish(_valid_results(rows, mode, engine_desc))
@@ -348,8 +394,8 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
 def merge_valid(earlier: dict[str, Any], now: dict[str, Any], mode: dict[str, Any]) -> dict[str, Any]:
     """(d) of this run with the rows of optimizers not run now (e.g. `--only textopt` after the peers) kept
     from an earlier run of the same number of steps."""
-    if not earlier or earlier.get("steps") != now.get("steps"):
-        return now
+    if not earlier or earlier.get("steps") != now.get("steps") or earlier.get("engine") != now.get("engine"):
+        return now  # another length, or other models (e.g. with/without a reflection model): never mixed
     rows = {**{k: v for k, v in earlier.get("optimizers", {}).items() if k not in now["optimizers"]}, **now["optimizers"]}
     return _valid_results(rows, mode, now["engine"])
 
@@ -487,8 +533,15 @@ def render_markdown(res: dict[str, Any]) -> str:
         L += ["", f"Target: {c['target']}: {_met(c.get('met'))}.", ""]
     if "valid_updates" in w:
         d = w["valid_updates"]
-        L += [f"### (d) valid-update rate ({d['engine']}, {d['steps']} steps each)", "",
-              "| optimizer | valid / steps | rate | tokens | calls | seconds | failures (counted, where recorded) |", "|---|---|---|---|---|---|---|"]
+        split = any("task_usage" in row for row in d["optimizers"].values())  # a separate reflection model
+        L += [f"### (d) valid-update rate ({d['engine']}, {d['steps']} steps each)", ""]
+        if split:
+            L += ["Tokens and calls are the optimizer's, counted at the reflection model's server; the task model's "
+                  "calls (the system prompt's answers) are counted at its own server, in the last column.", "",
+                  "| optimizer | valid / steps | rate | optimizer tokens | optimizer calls | seconds | failures (counted, where recorded) "
+                  "| task calls |", "|---|---|---|---|---|---|---|---|"]
+        else:
+            L += ["| optimizer | valid / steps | rate | tokens | calls | seconds | failures (counted, where recorded) |", "|---|---|---|---|---|---|---|"]
         for label, row in d["optimizers"].items():
             if row.get("available"):
                 if row.get("error_counts"):  # failure reasons, counted (runs before the counts list them only)
@@ -497,9 +550,10 @@ def render_markdown(res: dict[str, Any]) -> str:
                     err = (row["errors"][0] if row["errors"] else "")[:110]
                 err = err.replace("|", "/").replace("\n", " ")[:300]
                 L.append(f"| {label} | {row['valid']}/{row['steps']} | {row['rate']:.0%} | {row['usage']['total_tokens']:,} | "
-                         f"{row['usage']['calls']} | {_fmt(row['seconds'], '', 0)} | {err or '—'} |")
+                         f"{row['usage']['calls']} | {_fmt(row['seconds'], '', 0)} | {err or '—'} |"
+                         + (f" {row['task_usage']['calls'] if 'task_usage' in row else '—'} |" if split else ""))
             else:
-                L.append(f"| {label} | not available | — | — | — | — | {row['reason'][:110]} |")
+                L.append(f"| {label} | not available | — | — | — | — | {row['reason'][:110]} |" + (" — |" if split else ""))
         from quality import checkout_line
 
         L += ["", checkout_line([row for row in d["optimizers"].values() if row.get("available")]), "",
@@ -553,6 +607,7 @@ engines, in one command:
 python benchmarks/run.py            # full comparison (the local model makes it long on 2 cores)
 python benchmarks/run.py --quick    # the same workloads, smaller
 python benchmarks/run.py --workloads g --gguf MODEL.gguf --out DIR   # (g) with another local model
+python benchmarks/run.py --workloads g --reflect-gguf reflect --out DIR   # (g): every optimizer on the 1.5B
 ```
 
 The harness pip-installs each peer into its own virtual environment under `benchmarks/.cache/venvs/`
@@ -667,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
                          "model and every optimizer's model (e.g. a 1B+ instruction model: the 135M one can't write "
                          "instructions, so (g) can't tell optimizers apart on it); needs --out, so figures of two models "
                          "never share a table")
+    ap.add_argument("--reflect-gguf", default=None, metavar="PATH|reflect",
+                    help="(d, g) start a second llama.cpp server with this GGUF model ('reflect': the installed "
+                         "Qwen2.5-Coder-1.5B-Instruct) and send every optimizer's calls (losses, gradients, updates, "
+                         "proposals, reflections) to it, counted at its own proxy, while the task model stays "
+                         "SmolLM2-135M (or --gguf); needs --out, so figures of other models never share the repo's tables")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder for the peer venvs and scratch files")
     args = ap.parse_args(argv)
 
@@ -712,6 +772,19 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--gguf: no file {args.gguf!r}; give the path of a .gguf model file")
         if not args.out:
             ap.error("--gguf needs --out DIR: figures of another model must not be merged into the repo's tables")
+    reflect: tuple[Path, str] | None = None
+    if args.reflect_gguf:
+        if not args.out:
+            ap.error("--reflect-gguf needs --out DIR: figures of another optimizer model must not be merged into the repo's tables")
+        if args.tiny:
+            ap.error("--reflect-gguf runs real models; it does not go with --tiny (the latency engine)")
+        if wls & set("ef"):
+            ap.error("--reflect-gguf applies to (d) and (g) (and leaves a, b, c, h as they are); (e) and (f) run one "
+                     "model: choose --workloads among a,b,c,d,g,h")
+        try:
+            reflect = reflect_model(args.reflect_gguf)
+        except ValueError as exc:
+            ap.error(str(exc))
     out_json = Path(args.out) / "results.json" if args.out else HERE / "results.json"
     out_md = Path(args.out) / "BENCHMARKS.md" if args.out else ROOT / "BENCHMARKS.md"
     cache = Path(args.cache).resolve()
@@ -731,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
             previous = {}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so servers and workers are stopped on kill
 
+    opt_server: Any = None  # the reflection model's proxy (--reflect-gguf); None: optimizers use the task model
+    opt_model: str | None = None
+    models: dict[str, str] | None = None
     fw = Frameworks(cache, only)
     for name in only:
         fw.ensure(name)
@@ -770,8 +846,17 @@ def main(argv: list[str] | None = None) -> int:
                 model = Path(args.gguf).stem if args.gguf else "smollm2"
                 llama = stack.enter_context(LlamaServer(gguf, cache / "llama-server.log", alias=model))
                 server: Any = stack.enter_context(CountingProxy(llama.base_url))
-                desc = f"{gguf.name if args.gguf else 'SmolLM2-135M-Instruct Q4_1'} via llama.cpp's OpenAI-compatible server"
+                task_name = gguf.name if args.gguf else "SmolLM2-135M-Instruct Q4_1"
+                desc = f"{task_name} via llama.cpp's OpenAI-compatible server"
                 r.commands.append(_show(llama.cmd))
+                if reflect is not None:  # every optimizer's calls go to a second server, with its own model and proxy
+                    rllama = stack.enter_context(LlamaServer(reflect[0], cache / "llama-reflect-server.log", alias=REFLECT_ALIAS))
+                    opt_server = stack.enter_context(CountingProxy(rllama.base_url))
+                    opt_model = REFLECT_ALIAS
+                    models = {"task": task_name, "optimizer": reflect[1]}
+                    desc = (f"task model {task_name}, optimizer/reflection model {reflect[1]}, each via its own llama.cpp "
+                            "OpenAI-compatible server")
+                    r.commands.append(_show(rllama.cmd))
             else:
                 server, model, desc = lat, "latency", "latency engine (tiny mode: exercises the code path, not the model)"
             if "d" in wls:
@@ -781,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
                     res["workloads"]["valid_updates"] = merge_valid(earlier_d, d, mode)
                     save()
 
-                publish_d(wl_valid_updates(r, server, model, mode, desc, publish_d))
+                publish_d(wl_valid_updates(r, server, model, mode, desc, publish_d, opt_server=opt_server, opt_model=opt_model))
             if wls & set("ef"):
                 def publish(e2e: dict[str, Any], rerun: dict[str, Any]) -> None:
                     if "e" in wls:
@@ -794,7 +879,9 @@ def main(argv: list[str] | None = None) -> int:
             if "g" in wls:
                 from quality import _aggregate, merge_quality, wl_quality
 
-                earlier = (res["workloads"].get("quality") or {}).get("tasks", {})
+                prev_g = res["workloads"].get("quality") or {}
+                # Rows of other models (another task model, with or without a reflection model) are never merged in.
+                earlier = prev_g.get("tasks", {}) if prev_g.get("engine") == desc else {}
 
                 def publish_g(g: dict[str, Any]) -> None:
                     for t in g["tasks"].values():  # which code each row ran on, once rows of several runs are merged
@@ -808,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
                     res["workloads"]["quality"] = out
                     save()
 
-                publish_g(wl_quality(r, server, model, mode, desc, publish_g))
+                publish_g(wl_quality(r, server, model, mode, desc, publish_g, opt_server=opt_server, opt_model=opt_model,
+                                     models=models))
         save(final=True)
     log(f"wrote {out_json} and {out_md} in {res['meta']['seconds']} s")
     return 0

@@ -249,3 +249,95 @@ def test_search_selection_keeps_the_candidate_that_works():
     assert row["final_prompt"] == datasets.TEMPLATES[task]["label-line"] and row["after"] == 1.0
     assert row["metric_calls"] <= ss.BUDGET + ss.VAL  # the budget is checked between iterations
     assert sorted(row["order"]) == sorted(t for k, t in datasets.TEMPLATES[task].items() if k != "bare")
+
+
+def test_reflect_gguf_needs_out_and_an_existing_model(tmp_path):
+    """--reflect-gguf (a separate optimizer model) is refused without --out (its figures must not merge into the
+    repo's tables) and with a model file that isn't there, before anything is started."""
+    run_py = str(ROOT / "benchmarks" / "run.py")
+    p = subprocess.run([sys.executable, run_py, "--workloads", "g", "--reflect-gguf", __file__],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--reflect-gguf needs --out" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, run_py, "--workloads", "g", "--reflect-gguf", "/nonexistent/reflect.gguf",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "/nonexistent/reflect.gguf" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, run_py, "--workloads", "e", "--reflect-gguf", __file__, "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "(d) and (g)" in p.stderr, p.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+class _Srv:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def base_url(self, run_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/run/{run_id}/v1"
+
+
+def test_run_configs_send_optimizer_calls_to_the_reflection_model(monkeypatch, tmp_path):
+    """The per-run configs of (g) and (d): task calls to the task server as the task model, optimizer calls to
+    the reflection server as its model; `base_url` (Trace's backend) is the optimizer route; and the worker's
+    environment names the optimizer's model for Trace. Without a reflection model nothing changes."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    quality, run = _bench_module("quality"), _bench_module("run")
+    task, opt = _Srv(1), _Srv(2)
+    cfg = quality.routes(task, "smollm2", "q-1", opt, "reflect")
+    assert cfg == {"model": "smollm2", "opt_model": "reflect", "task_url": "http://127.0.0.1:1/run/q-1-task/v1",
+                   "opt_url": "http://127.0.0.1:2/run/q-1-opt/v1", "base_url": "http://127.0.0.1:2/run/q-1-opt/v1"}
+    one = quality.routes(task, "smollm2", "q-1")
+    assert one["opt_model"] == "smollm2" and one["opt_url"] == "http://127.0.0.1:1/run/q-1-opt/v1" == one["base_url"]
+
+    mode = run.MODES["tiny"]
+    d = run.valid_config(task, "smollm2", "v-1", mode, "tgd", [], opt, "reflect")
+    assert (d["model"], d["opt_model"]) == ("smollm2", "reflect")
+    assert d["task_url"] == task.base_url("v-1-task") and d["opt_url"] == d["base_url"] == opt.base_url("v-1")
+    plain = run.valid_config(task, "smollm2", "v-1", mode, "tgd", [])
+    assert plain["base_url"] == task.base_url("v-1") and not {"task_url", "opt_url", "opt_model"} & set(plain)
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(kw["env"])
+        return subprocess.CompletedProcess(cmd, 0, 'BENCH_RESULT {"available": true}\n', "")
+
+    fw = run.Frameworks(Path("/nonexistent"), ["trace"])
+    fw.python["trace"] = sys.executable
+    monkeypatch.setattr(run.subprocess, "run", fake_run)
+    r = run.Runner(fw, tmp_path)
+    r.run("trace", "quality", cfg, cache_dir=tmp_path)
+    assert seen["TRACE_CUSTOMLLM_MODEL"] == "reflect" and seen["TRACE_CUSTOMLLM_URL"] == cfg["opt_url"]
+
+
+def test_textopt_worker_uses_the_reflection_server(monkeypatch, tmp_path):
+    """(g) and (d) through the real textopt worker, two latency engines standing in for the task model and
+    the reflection model: every optimizer call reaches the reflection server asking for its model, every task
+    call the task server, and the rows' optimizer usage is the reflection server's count."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run, quality = _bench_module("run"), _bench_module("quality")
+    from bench_servers import LatencyServer
+
+    mode = {**run.MODES["tiny"], "optimizers": ["textopt TGD"]}
+    mode["quality"] = {**mode["quality"], "optimizers": ["textopt TGD (Trainer)"]}
+    fw = run.Frameworks(tmp_path, ["textopt"])
+    r = run.Runner(fw, tmp_path)
+    with LatencyServer(0.0) as task, LatencyServer(0.0) as opt:
+        g = quality.wl_quality(r, task, "latency", mode, "two engines", opt_server=opt, opt_model="reflect",
+                               models={"task": "T", "optimizer": "R"})
+        row = g["tasks"]["sentiment"]["runs"][0]
+        assert row["available"], row
+        assert row["optimizer_usage"]["calls"] > 0 and row["optimizer_usage"]["models"] == {"reflect": row["optimizer_usage"]["calls"]}
+        assert row["task_usage"]["calls"] > 0 and row["task_usage"]["models"] == {"latency": row["task_usage"]["calls"]}
+        opt_runs = {k for k in opt.acct.runs}
+        assert opt_runs and all(k.endswith("-opt") for k in opt_runs)  # nothing but optimizer routes on the reflection server
+        assert not any(k.endswith("-opt") for k in task.acct.runs)
+        assert "Reflection/optimizer model (every optimizer's losses" in "\n".join(quality.markdown(g))
+
+        d = run.wl_valid_updates(r, task, "latency", mode, "two engines", opt_server=opt, opt_model="reflect")
+        row = d["optimizers"]["textopt TGD"]
+        assert row["available"] and row["valid"] == row["steps"], row
+        assert row["usage"]["calls"] > 0 and row["usage"]["models"] == {"reflect": row["usage"]["calls"]}
+        assert row["task_usage"]["calls"] > 0 and row["task_usage"]["models"] == {"latency": row["task_usage"]["calls"]}
+        assert "| task calls |" in run.render_markdown({"meta": {"mode": "tiny", "finished": "", "command": "x", "machine": "m",
+                                                                 "noise": "", "frameworks": {}, "commands": []},
+                                                        "workloads": {"valid_updates": d}})

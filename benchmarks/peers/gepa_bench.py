@@ -74,7 +74,9 @@ def quality(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"input": e["question"], "additional_context": {}, "answer": e["answer"]}
 
     adapter = DefaultAdapter(model=task_model, evaluator=_evaluator(cfg["labels"]))
-    reflection = LM("openai/" + cfg["model"], api_base=cfg["opt_url"], api_key="bench", max_tokens=cfg["opt_max_tokens"])
+    # The reflection model: a separate one when the harness gave it (--reflect-gguf), else the task model.
+    reflection = LM("openai/" + cfg.get("opt_model", cfg["model"]), api_base=cfg["opt_url"], api_key="bench",
+                    max_tokens=cfg["opt_max_tokens"])
     result = gepa.optimize(
         seed_candidate={"instruction_template": cfg["seed_prompt"]},
         trainset=[inst(e) for e in cfg["train"]], valset=[inst(e) for e in cfg["val"]],

@@ -39,6 +39,16 @@ def engine(cfg: dict[str, Any]) -> Any:
     return Capped(client=client, model_string=cfg["model"])
 
 
+def task_and_optimizer_engines(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """(task engine, optimizer engine) of a (d)/(e) run: one engine for both, unless the harness gave a
+    separate reflection model (task_url + opt_url/opt_model, --reflect-gguf)."""
+    if "task_url" not in cfg:
+        eng = engine(cfg)
+        return eng, eng
+    return (engine({**cfg, "base_url": cfg["task_url"]}),
+            engine({**cfg, "base_url": cfg.get("opt_url", cfg["base_url"]), "model": cfg.get("opt_model", cfg["model"])}))
+
+
 def fanin(cfg: dict[str, Any], rep: int) -> dict[str, Any]:
     import textgrad as tg
 
@@ -91,10 +101,10 @@ def timing(cfg: dict[str, Any]) -> dict[str, Any]:
 def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
     import textgrad as tg
 
-    eng = engine(cfg)
+    task_eng, eng = task_and_optimizer_engines(cfg)  # eng: the optimizer's (loss, backward, TGD)
     tg.set_backward_engine(eng, override=True)
     prompt = tg.Variable(INITIAL_PROMPT, role_description=PROMPT_ROLE, requires_grad=True)
-    llm = tg.BlackboxLLM(eng, system_prompt=prompt)
+    llm = tg.BlackboxLLM(task_eng, system_prompt=prompt)
     opt = tg.TGD([prompt], engine=eng)
 
     def answers(examples: list[dict[str, str]]) -> list[str]:
@@ -165,7 +175,9 @@ def quality(cfg: dict[str, Any]) -> dict[str, Any]:
 
     labels = cfg["labels"]
     task_eng = engine({**cfg, "base_url": cfg["task_url"], "max_tokens": cfg["max_tokens"]})
-    opt_eng = engine({**cfg, "base_url": cfg["opt_url"], "max_tokens": cfg["opt_max_tokens"]})
+    # The optimizer's model: a separate reflection model when the harness gave one (--reflect-gguf).
+    opt_eng = engine({**cfg, "base_url": cfg["opt_url"], "model": cfg.get("opt_model", cfg["model"]),
+                      "max_tokens": cfg["opt_max_tokens"]})
     tg.set_backward_engine(opt_eng, override=True)
     template = tg.Variable(cfg["seed_prompt"], role_description=TEMPLATE_ROLE, requires_grad=True)
     fill = StringBasedFunction(lambda template, text: render(template.value, text.value),

@@ -3,7 +3,9 @@
 `BENCH_RESULT {json}`.
 
 Trace reaches the server through its documented backend for OpenAI-compatible servers, CustomLLM
-(TRACE_DEFAULT_LLM_BACKEND=CustomLLM, TRACE_CUSTOMLLM_URL/_MODEL/_API_KEY, set by the harness).
+(TRACE_DEFAULT_LLM_BACKEND=CustomLLM, TRACE_CUSTOMLLM_URL/_MODEL/_API_KEY, set by the harness to the
+optimizer's route and model: a separate reflection model with --reflect-gguf). The task model's calls in
+(g), and in (d) with a reflection model, go through an OpenAI client on the task route (cfg task_url).
 """
 from __future__ import annotations
 
@@ -52,13 +54,21 @@ def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
     from opto.optimizers import OptoPrime
     from opto.utils.llm import LLM
 
-    llm = LLM()
+    llm = LLM()  # the optimizer's (CustomLLM: the harness's optimizer route and model)
     cap = cfg.get("max_tokens")
+    task_llm: Any = llm
+    if "task_url" in cfg:  # a separate reflection model: the answers come from the task model, on its own route
+        import functools
+
+        import openai
+
+        client = openai.OpenAI(base_url=cfg["task_url"], api_key="bench", max_retries=0, timeout=900)
+        task_llm = functools.partial(client.chat.completions.create, model=cfg["model"])
 
     @trace.bundle()
     def answer(system_prompt, question):
         """Ask the language model the question, with the system prompt."""
-        resp = llm(
+        resp = task_llm(
             messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": question}],
             max_tokens=cap,
             temperature=0,
