@@ -79,3 +79,25 @@ def test_optoprime_refuses_a_dropped_field_too():
     report = opt.step()
     assert p.value == "Sentence: {input}\nLabel:"
     assert any(f.kind == "missing field" for f in report.failures)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ("{input} Is this {label}?", "{label}, which nothing fills"),                      # a slot nobody fills
+    ("<value>{input}</value> Is this positive or negative?", "copied from the request's layout"),  # our tag copied in
+])
+def test_a_label_template_refuses_stray_slots_and_copied_tags_and_asks_again(bad, reason):
+    from functools import partial
+
+    from textopt.datasets import template_problem
+
+    labels = ("positive", "negative")
+    p = to.Variable("{input}\nIs this positive or negative?", role="instruction template (user turn)", requires_grad=True,
+                    name="tpl", validate=partial(template_problem, labels=labels))
+    p.add_gradient("the replies name both labels")
+    good = "{input}\nIs this positive or negative? Answer with one word."
+    eng = to.ScriptedEngine([reply(bad), reply(good)])
+    report = to.TGD([p], engine=eng).step()
+    assert p.value == good and len(eng.calls) == 2
+    assert len(report.failures) == 1 and reason in report.failures[0].error
+    assert reason in "\n".join(m["content"] for m in eng.calls[1])  # the re-ask names why
+    assert template_problem('{input} Reply as {"label": "positive"} or {"label": "negative"}', labels) is None  # JSON is not a slot

@@ -90,7 +90,9 @@ def test_constraints_memory_and_examples_reach_the_prompt():
     opt = to.TGD([p], engine=eng, constraints=["End with 'Answer:'."], memory=2, examples=["Think, then answer."])
     opt.step()
     first = eng.calls[0][-1]["content"]
-    assert "<constraint>\nEnd with 'Answer:'.\n</constraint>" in first
+    # the author's rules are instructions, not tagged material, and come last, just before the reply is asked for
+    assert "1. End with 'Answer:'.\n" in first and "<constraint>" not in first
+    assert first.index("1. End with 'Answer:'.") > first.index("<feedback>")
     assert "<example>\nThink, then answer.\n</example>" in first
     assert "Earlier values" not in first  # nothing to remember yet
     p.zero_grad()

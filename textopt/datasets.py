@@ -190,12 +190,26 @@ def label_feedback(reply: str, answer: str, labels: Sequence[str]) -> tuple[floa
     return 0.0, f"reply named the wrong label {named[0]!r}; expected {answer!r}"
 
 
+#: A word in braces, as a template slot is written ({input}); JSON examples such as {"a": 1} don't match.
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+#: The tags textopt's own prompts use to mark a value (a small proposer copies them into its new value).
+_STRUCTURE_TAG = re.compile(r"</?(?:value|new_value|feedback|variable|constraint|rejected|past)>", re.I)
+
+
 def template_problem(template: str, labels: Sequence[str]) -> str | None:
     """Why `template` can't be a label task's instruction template, else None. It must hold {input} (or the
     text is never shown, and a reply can only echo the template), and name all the labels or none: a
     template that names one label but not the others wins its score by having the model echo that word."""
     if "{input}" not in template:
         return "it has no {input} slot, so the text to classify would never reach the model"
+    stray = sorted({m for m in _PLACEHOLDER.findall(template) if m != SLOT})
+    if stray:
+        return (f"it has the placeholder(s) {', '.join(stray)}, which nothing fills (only {SLOT} is replaced, by the text): "
+                "write the words themselves")
+    tag = _STRUCTURE_TAG.search(template)
+    if tag:
+        return (f"it contains the tag {tag.group(0)!r}, copied from the request's layout: the template is plain text "
+                "with {input} where the text goes")
     named = found_labels(template.replace("{input}", " "), labels)
     if named and len(named) < len(labels):
         missing = [x for x in labels if x not in named]

@@ -236,6 +236,7 @@ def _env_for(folder: str) -> Any:
         auto_reload=True,
     )
     env.filters["data"] = data
+    env.filters["inert"] = escape_tags  # trusted text shown untagged: our tags in it made inert all the same
     return env
 
 
