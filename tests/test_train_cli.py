@@ -323,3 +323,20 @@ def test_the_result_and_the_report_split_the_wall_time(tmp_path, capsys):
     assert main(["report", str(run), "--no-plot"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("time: "))
     assert "task-model calls" in line and "proposer calls" in line and "scoring" in line and "other" in line
+
+
+def test_search_samples_draws_several_proposals_per_mutation_and_is_kept_for_resume(tmp_path, capsys):
+    from textopt.cli import main
+    from textopt.recipes import resume
+
+    run = tmp_path / "run"
+    assert main(["optimize", "--engine", "fake", "--optimizer", "search", "--steps", "2", "--batch-size", "2",
+                 "--eval-size", "2", "--val-size", "3", "--samples", "3", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert json.loads((run / "spec.json").read_text())["args"]["samples"] == 3
+    assert resume(run).search.proposals == 3
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    mutations = [r for r in rows if r.get("kind") == "mutation" and "proposals" in r]
+    assert mutations, rows
+    for r in mutations:  # every sample was scored or counted as failed (one sample: at most 2, a try and a re-ask)
+        assert len(r["proposals"]) + r["failures"] >= 3, r

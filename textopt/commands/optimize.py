@@ -83,10 +83,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     code = p.add_argument_group("--task humaneval (code)")
     code.add_argument("--updates", type=int, default=None,
                       help=f"update calls (optimizer steps) per failing problem (default: {C['updates']})")
-    code.add_argument("--samples", type=int, default=None,
-                      help="update calls per round of test feedback, all from the same version: the first as usual, "
-                           "the others sampled; the best tested one goes on. Each counts against --updates "
-                           f"(default: {C['samples']})")
+    p.add_argument("--samples", type=int, default=None,
+                   help="proposals drawn from one piece of feedback, the first as usual and the others sampled, each "
+                        "under a different seed; the best one on the same examples goes on. --optimizer search: per "
+                        "mutation (default 1). --task humaneval: per round of test feedback, each counting against "
+                        f"--updates (default: {C['samples']})")
     code.add_argument("--problems", type=int, default=None,
                       help="how many problems: a sample seeded by --seed, in HumanEval's order (default: 10)")
     code.add_argument("--ids", default=None, help="exactly these problems, e.g. HumanEval/0,HumanEval/2 (or 0,2)")
@@ -151,7 +152,7 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
 #: Flags of the prompt jobs that --task humaneval has no use for, and the flags only it takes.
 PROMPT_ONLY = ("steps", "batch_size", "eval_size", "val_size", "train_size", "prompt", "patience",
                "budget_metric_calls", "concurrency")
-CODE_ONLY = ("updates", "samples", "problems", "ids", "timeout")
+CODE_ONLY = ("updates", "problems", "ids", "timeout")
 
 
 def flag(name: str) -> str:

@@ -31,7 +31,7 @@ OPTIMIZE_DEFAULTS: dict[str, Any] = {
     "steps": None, "batch_size": None, "eval_size": None, "val_size": None, "prompt": None,
     "seed": 0, "max_tokens": None, "update_tokens": 256, "concurrency": 8, "budget_tokens": None, "budget_calls": None,
     "budget_usd": None, "patience": None, "keep_best": True, "latency": 0.0, "no_cache": False,
-    "budget_metric_calls": None, "train_size": None, "update_format": "json", "proposer": "tgd",
+    "budget_metric_calls": None, "train_size": None, "update_format": "json", "proposer": "tgd", "samples": None,
 }
 OPTIMIZERS = ("tgd", "optoprime", "search")
 #: Sizes when an argument is None: (label task with search) and (anything else, the Trainer's small run).
@@ -84,6 +84,11 @@ class _PromptTask(Job):
             _int_at_least(a, name, low)
         if a["optimizer"] not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {a['optimizer']!r}")
+        if a.get("samples") is not None:
+            if a["optimizer"] != "search":
+                raise ValueError("--samples is for --optimizer search (proposals per mutation) and --task humaneval; "
+                                 f"--optimizer {a['optimizer']} makes one update per step")
+            _int_at_least(a, "samples", 1)
         self.labels = a["task"] in LABELS
         check_new_run_dir(run_dir, resume)
         self.spec, self.args = RunSpec(spec.recipe, a, "search" if a["optimizer"] == "search" else "trainer"), a
@@ -305,7 +310,8 @@ class SearchJob(_PromptTask):
         budget = a["budget_metric_calls"] or (a["steps"] + 1) * (len(self.val) + 2 * a["batch_size"])
         self.search = Search(
             [self.prompt], forward=self.forward, train=self.train, val=self.val, metric=self.metric, loss=self.loss,
-            proposer=self.proposer(), minibatch=a["batch_size"], budget=budget, iterations=a["steps"] or None,
+            proposer=self.proposer(), minibatch=a["batch_size"], proposals=a.get("samples") or 1, budget=budget,
+            iterations=a["steps"] or None,
             budget_tokens=a["budget_tokens"], budget_usd=a["budget_usd"], patience=a["patience"],
             concurrency=a["concurrency"], run_dir=run_dir, resume=resume, seed=a["seed"], callbacks=callbacks,
             progress=progress, spec=self.spec.to_dict())
