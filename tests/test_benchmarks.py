@@ -341,3 +341,60 @@ def test_textopt_worker_uses_the_reflection_server(monkeypatch, tmp_path):
         assert "| task calls |" in run.render_markdown({"meta": {"mode": "tiny", "finished": "", "command": "x", "machine": "m",
                                                                  "noise": "", "frameworks": {}, "commands": []},
                                                         "workloads": {"valid_updates": d}})
+
+
+def test_detector_spread_writes_consistent_metrics(tmp_path):
+    """benchmarks/detector_spread.py on the fake engine: every prompt scored on the same stratified sample,
+    results.json and table.md written, and each rate agrees with its confusion matrix and with textopt's
+    DetectorReport; the first prompt is the paired baseline (difference 0)."""
+    ds = _bench_module("detector_spread")
+    out = tmp_path / "ds"
+    assert ds.main(["--engine", "fake", "--n", "6", "--seed", "0", "--bootstrap", "200", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    table = (out / "table.md").read_text()
+    assert res["data"]["n_scored"] == 6 and set(res["data"]["labels"]) == {"malicious", "benign"}
+    assert len(res["prompts"]) >= 4 and res["meta"]["baseline"] == res["prompts"][0]["name"]
+    for r in res["prompts"]:
+        assert not r["error"] and f"| {r['name']} |" in table
+        m, c = r["metrics"], r["metrics"]["confusion"]
+        assert c["tp"] + c["fn"] + c["tn"] + c["fp"] + c["unparsed_malicious"] + c["unparsed_benign"] == 6
+        assert c["tp"] + c["fn"] + c["unparsed_malicious"] == res["data"]["labels"]["malicious"]
+        tpr = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+        tnr = c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else 0.0
+        prec = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+        f1 = 2 * prec * tpr / (prec + tpr) if prec + tpr else 0.0
+        assert m["tpr"] == pytest.approx(tpr, abs=1e-4) and m["tnr"] == pytest.approx(tnr, abs=1e-4)
+        assert m["f1"] == pytest.approx(f1, abs=1e-4)
+        assert m["balanced_accuracy"] == pytest.approx((tpr + tnr) / 2, abs=1e-4)
+        rep = r["report"]  # textopt's own DetectorReport of the same run
+        assert (rep["tp"], rep["fn"], rep["tn"], rep["fp"]) == (c["tp"], c["fn"], c["tn"], c["fp"])
+        assert rep["tpr"] == pytest.approx(m["tpr"], abs=1e-4) and rep["f1"] == pytest.approx(m["f1"], abs=1e-4)
+        for key in ("tpr", "tnr"):  # Wilson intervals hold their estimate
+            lo, hi = m[f"{key}_ci95"]
+            assert 0.0 <= lo <= m[key] + 1e-9 and m[key] - 1e-9 <= hi <= 1.0, (key, m)
+        for key in ("f1", "balanced_accuracy"):  # percentile bootstrap intervals need not
+            lo, hi = m[f"{key}_ci95"]
+            assert 0.0 <= lo <= hi <= 1.0, (key, m)
+        assert [x["id"] for x in r["cases"]] == res["data"]["ids"]  # the same texts for every prompt
+        assert r["usage"]["calls"] + r["usage"]["cached_calls"] == 6 and r["usage"]["total_tokens"] > 0
+    first = res["prompts"][0]["metrics"]["vs_first"]
+    assert first["balanced_accuracy_diff"] == 0 and first["ci95"] == [0, 0]
+
+
+def test_detector_spread_leaves_unparsed_replies_out_and_counts_them():
+    """An unreadable decision (None) is out of the rates and counted per label; the strict balanced accuracy
+    scores it wrong; the paired difference uses the same resamples for both prompts."""
+    ds = _bench_module("detector_spread")
+    labels = ["malicious"] * 3 + ["benign"] * 2
+    base = [True, True, False, False, False]
+    other = [True, None, True, None, True]
+    rows = ds.summarize(labels, [base, other], 300, 0)
+    c = rows[1]["confusion"]
+    assert (c["tp"], c["fn"], c["tn"], c["fp"], c["unparsed_malicious"], c["unparsed_benign"]) == (2, 0, 0, 1, 1, 1)
+    assert rows[1]["tpr"] == 1.0 and rows[1]["tnr"] == 0.0 and rows[1]["balanced_accuracy"] == 0.5
+    assert rows[1]["balanced_accuracy_strict"] == pytest.approx((2 / 3 + 0) / 2, abs=1e-4)
+    assert rows[0]["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-4)
+    v = rows[1]["vs_first"]
+    assert v["balanced_accuracy_diff"] == pytest.approx(0.5 - 5 / 6, abs=1e-4)
+    assert -1.0 <= v["ci95"][0] <= v["ci95"][1] <= 1.0 and 0.0 <= v["share_of_resamples_le_0"] <= 1.0
+    assert (v["only_this_right"], v["only_first_right"]) == (1, 1)  # texts 3 and 5, readable in both
