@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import textopt as to
+from textopt.ops.instruction import InstructionCall
 
 # Shared wording, so every framework sees the same task (the peers' scripts repeat these strings).
 INITIAL_PROMPT = "You are a helpful assistant. Answer the question."
@@ -275,7 +276,12 @@ def _feedback(score: Any) -> str:
 
 class LabelProgram:
     """The program every optimizer trains: a trainable instruction template, rendered around the input in
-    the user turn (a traced function, so feedback reaches the template), one call to the task model."""
+    the user turn, one call to the task model. textopt writes it as its own label-task op does
+    (`textopt.ops.instruction.InstructionCall`, as `textopt optimize` does): the template and the text are the
+    op's inputs, and its backward hands the template what happened on this input (text, reply, verdict), as
+    GEPA's reflective dataset does, with no LLM call. (Until 2026-12-07 it was `to.LLM` over a traced
+    `fill(template, text)`: the LLM op's backward asked the optimizer model to critique the filled-in text,
+    and a small model critiqued the sentence's content instead of the template.)"""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         from textopt import datasets
@@ -287,20 +293,13 @@ class LabelProgram:
                                         max_tokens=cfg["opt_max_tokens"], timeout=900.0)
         self.template = to.Variable(cfg["seed_prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
         self.metric = datasets.label_metric(tuple(cfg["labels"]))
-        self.llm = to.LLM(self.task_engine)
+        self.call = InstructionCall(self.task_engine)
         self.calls = 0
-
-        @to.trace
-        def fill(template: str, text: str) -> str:
-            """Put the text into the template's {input} slot (after the instruction when there is no slot)."""
-            return datasets.render(template, text)
-
-        self.fill = fill
 
     async def forward(self, ex: Any) -> to.Variable:
         self.calls += 1
         q = ex["question"] if isinstance(ex, dict) else ex.question
-        return await self.llm.acall(self.fill(self.template, to.Variable(q, role="text to classify")))
+        return await self.call.acall(self.template, to.Variable(q, role="text to classify"))
 
     def float_metric(self, ex: Any, out: to.Variable) -> float:
         return _value(self.metric(ex, out))
