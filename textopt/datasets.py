@@ -198,8 +198,9 @@ _STRUCTURE_TAG = re.compile(r"</?(?:value|new_value|feedback|variable|constraint
 
 def template_problem(template: str, labels: Sequence[str]) -> str | None:
     """Why `template` can't be a label task's instruction template, else None. It must hold {input} (or the
-    text is never shown, and a reply can only echo the template), and name all the labels or none: a
-    template that names one label but not the others wins its score by having the model echo that word."""
+    text is never shown, and a reply can only echo the template), no other `{slot}` (nothing fills it) and
+    none of the tags textopt's prompts mark values with (a proposer copied them), and name all the labels or
+    none: a template that names one label but not the others wins its score by having the model echo that word."""
     if "{input}" not in template:
         return "it has no {input} slot, so the text to classify would never reach the model"
     stray = sorted({m for m in _PLACEHOLDER.findall(template) if m != SLOT})
