@@ -3,6 +3,7 @@
 
 import ast
 import inspect
+import re
 import sys
 import textwrap
 from typing import Any, Callable
@@ -89,6 +90,44 @@ def strip_fences(text: str) -> str:
     return text
 
 
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def code_in_reply(text: str, function_name: str) -> str:
+    """The code a coder model meant in a reply: the ``` block that defines `function_name` when the reply has
+    prose around its fences (else the first block; an unclosed last fence counts), then without a top-level
+    `if __name__ == "__main__":` block or example calls such as `print(f(3))` after the code. Those never
+    change what the function does, and a small model adds them often; a reply that does not parse is
+    returned as it is, so the check can say why."""
+    blocks = [m.group(1) for m in _FENCE.finditer(text)]
+    if blocks:
+        defining = [b for b in blocks if re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(function_name)}[ \t]*\(", b, re.M)]
+        text = (defining or blocks)[0].strip("\n").rstrip()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return text
+    drop = [n for n in tree.body if _is_example(n)]
+    if not drop or len(drop) == len(tree.body):
+        return text
+    lines = text.splitlines()
+    gone = {i for n in drop for i in range(n.lineno - 1, (n.end_lineno or n.lineno))}
+    return "\n".join(line for i, line in enumerate(lines) if i not in gone).rstrip()
+
+
+def _is_example(node: ast.stmt) -> bool:
+    """A top-level statement that only exercises the code: a `__main__` guard, a bare call (print(f(3))), or
+    an assert."""
+    if isinstance(node, ast.If):
+        t = node.test
+        return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name) and t.left.id == "__name__"
+                and len(t.comparators) == 1 and isinstance(t.comparators[0], ast.Constant)
+                and t.comparators[0].value == "__main__")
+    if isinstance(node, ast.Expr):
+        return isinstance(node.value, ast.Call)
+    return isinstance(node, ast.Assert)
+
+
 def _function_node(source: str, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
     tree = ast.parse(source)
     defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
@@ -134,6 +173,11 @@ class CodeVariable(Variable):
                 "(names, kinds, defaults) exactly as they are"
             )
         return None
+
+    def normalize(self, value: str) -> str:
+        """A proposed version as a coder model writes it -> the code (see `code_in_reply`): optimizers call
+        this before they check a proposal, so prose around the fence is not a syntax error."""
+        return code_in_reply(value, self.function_name) if isinstance(value, str) else value
 
     def set_value(self, value: str) -> None:
         """Replace the code; a version that doesn't parse or changes name/signature is refused (ValueError)."""

@@ -248,7 +248,7 @@ class Optimizer:
                                                         "engine" if isinstance(prop, EngineError) else type(prop).__name__)
                 self._fail(report, name, str(prop), getattr(prop, "reply", ""), kind)
                 continue
-            value = clean_value(prop.value)
+            value = proposed_value(param, prop.value)
             problem = self.check(param, value)
             if problem is None and value == param.text:
                 problem = ("no change", "the proposed value is the current value unchanged")
@@ -401,6 +401,14 @@ def unwrap(value: Any) -> Any:
 def clean_value(value: Any) -> Any:
     """What an optimizer applies of a proposed value: tags unescaped, wrapping fences and backticks removed."""
     return unwrap(_unescape(value))
+
+
+def proposed_value(param: Variable, value: Any) -> Any:
+    """`clean_value`, then the variable's own `normalize` when it has one (trainable code: the fenced block
+    out of the prose around it, without example calls), before any check."""
+    value = clean_value(value)
+    normalize = getattr(param, "normalize", None)
+    return normalize(value) if normalize is not None and isinstance(value, str) else value
 
 
 class Rejected(str):

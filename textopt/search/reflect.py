@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from ..errors import EngineError, EngineUnavailable, ParseError
 from ..evaluate import Scored, _is_async
 from ..optim import TGD, OptoPrime
-from ..optim.base import clean_value
+from ..optim.base import proposed_value
 from ..prompts import render
 from ..variable import Variable
 
@@ -102,7 +102,7 @@ class Reflector:
             proposal = next((v for key, v in proposals.items()
                              if (key.name if isinstance(key, Variable) else str(key)) == param.name), None)
             value = getattr(proposal, "value", None)
-            value = clean_value(value)
+            value = proposed_value(param, value)
             check = getattr(self.opt, "check", None)
             if not isinstance(value, str) or value in seen or (check is not None and check(param, value) is not None):
                 failures += 1

@@ -1,0 +1,66 @@
+"""Trainable code as a coder model writes it: prose around a fence, several fences, example calls after the
+function. The optimizer takes the code out of the reply before it checks it (`CodeVariable.normalize`)."""
+from __future__ import annotations
+
+import pytest
+
+import textopt as to
+from textopt.source import CodeVariable, code_in_reply
+
+FIXED = 'def f(x):\n    """Add one ("x" + 1)."""\n    return x + 1'
+
+
+def code_var() -> CodeVariable:
+    v = CodeVariable("def f(x):\n    return x\n", function_name="f", is_async=False, role="code of f", name="code_f")
+    v.add_gradient("f(1) returned 1, expected 2")
+    return v
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        f"Here is the corrected function:\n\n```python\n{FIXED}\n```\nIt now adds one.",
+        f"```python\n{FIXED}\n\nprint(f(3))\nassert f(1) == 2\nif __name__ == \"__main__\":\n    print(f(2))\n```",
+        f"First a helper:\n```python\ndef helper():\n    return 0\n```\nThen the function:\n```python\n{FIXED}\n```",
+        f"The fix:\n```python\n{FIXED}\n",  # cut off before the closing fence
+        FIXED,  # no fence at all
+    ],
+)
+def test_the_code_is_taken_out_of_the_reply(reply: str) -> None:
+    assert code_in_reply(reply, "f") == FIXED
+
+
+def test_what_does_not_parse_is_left_for_the_check_to_name() -> None:
+    broken = "Sure:\n```python\ndef f(x)\n    return x + 1\n```"
+    assert code_in_reply(broken, "f") == "def f(x)\n    return x + 1"
+    assert "does not parse" in code_var().check(code_in_reply(broken, "f"))
+
+
+def test_a_reply_that_is_only_an_example_call_is_not_emptied() -> None:
+    assert code_in_reply("print(f(3))", "f") == "print(f(3))"
+
+
+def test_tgd_applies_code_written_with_prose_around_the_fence() -> None:
+    v = code_var()
+    reply = f"The function returns x unchanged. Corrected:\n```python\n{FIXED}\n\nprint(f(1))\n```\nDone."
+    opt = to.TGD([v], engine=to.ScriptedEngine(reply), reply="text")
+    opt.step()
+    assert opt.failures == [] and v.value == FIXED
+
+
+def test_a_code_reply_with_a_changed_signature_is_still_refused() -> None:
+    v = code_var()
+    bad = "```python\ndef f(x, y):\n    return x + y\n```"
+    opt = to.TGD([v], engine=to.ScriptedEngine([bad, bad]), reply="text")
+    opt.step()
+    assert v.value == "def f(x):\n    return x\n"
+    assert opt.failures and "signature changed" in opt.failures[-1].error
+
+
+def test_plain_variables_are_not_normalized() -> None:
+    p = to.Variable("old", role="system prompt", requires_grad=True, name="sys")
+    p.add_gradient("better")
+    reply = "Intro\n```python\nprint(1)\n```\nOutro"
+    opt = to.TGD([p], engine=to.ScriptedEngine(reply), reply="text")
+    opt.step()
+    assert p.value == reply
