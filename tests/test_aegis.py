@@ -358,6 +358,34 @@ def test_weights_powers_and_reproducibility() -> None:
     assert runs[0].history[-1]["defense_score"] == pytest.approx(0.8 * 1.0 ** 2 + 0.2 * 1.0)
 
 
+def test_patience_waits_that_many_rounds_without_improvement() -> None:
+    s = Script(defense_update="Still lenient.", attack_update="Dear reader, hello.")
+    r = aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, benign=ESSAYS, engine=s.engine,
+                       rounds=5, iterations=1, pool_size=2, patience=3)
+    assert r.rounds_run == 3 and r.stopped_early and r.config["patience"] == 3
+    with pytest.raises(ValueError, match="patience"):
+        aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, benign=ESSAYS, engine=s.engine, patience=0)
+
+
+def test_stale_rounds_counts_the_last_rounds_that_improved_nothing() -> None:
+    from textopt.aegis.loop import stale_rounds
+
+    rows = lambda *flags: [{"round": 0, "side": "initial", "improved": None}] + [  # noqa: E731
+        {"round": r, "side": side, "improved": f} for r, pair in enumerate(flags, 1) for side, f in zip(("attack", "defense"), pair)]
+    assert stale_rounds(rows()) == 0
+    assert stale_rounds(rows((False, True), (False, False), (False, False))) == 2
+    assert stale_rounds(rows((False, False), (True, False))) == 0
+
+
+def test_later_iterations_sample_and_the_first_is_greedy() -> None:
+    s = Script(defense_update="Still lenient.", attack_update="Dear reader, hello.")
+    aegis.coevolve(list(aegis.DEFAULT_ATTACKS), aegis.DEFAULT_DEFENSE, benign=ESSAYS, engine=s.engine,
+                   rounds=1, iterations=2, pool_size=2, explore_temperature=0.9)
+    grads = [r for r in s.engine.requests if "adversarial training loop" in r.messages[0]["content"]]
+    temps = [r.options.get("temperature") for r in grads]
+    assert temps[0] != 0.9 and 0.9 in temps  # iteration 1 greedy (the engine's own), iteration 2 sampled
+
+
 def test_coevolve_rejects_bad_input() -> None:
     e = ScriptedEngine("{}")
     with pytest.raises(ValueError, match="attack_prompts"):

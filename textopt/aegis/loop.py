@@ -6,7 +6,10 @@ current top candidate on the training split, turns its failing cases into an err
 one gradient per objective ("route": attack = ASR and relative score gain, defense = TPR and TNR),
 each prompted with that route's past gradients from the buffer, and applies them in one TGD update.
 Each side keeps a top-k pool scored on train; after its iterations it picks its best on validation.
-The run stops after `rounds`, or earlier when neither side's best improved in a round.
+The run stops after `rounds`, or earlier when neither side's best improved in `patience` rounds in a row.
+The first iteration of a side's turn is greedy; later ones sample (gradient and update at
+`explore_temperature`), since they start from the same best candidate and the same report: greedy, a small
+model writes the same gradient and the same update again.
 
 Choices where the paper is silent (written down here): a step starts from the pool's best training
 candidate, not from the last edit; when the opponent changes, the pool is re-scored against it;
@@ -38,6 +41,21 @@ from .scenario import EssayGrading, Scenario
 from .state import OBJECTIVES, SIDES, CoevolutionState, Result, _check_prompts, _restore, _state, judge_cases
 
 
+def stale_rounds(history: Sequence[Mapping[str, Any]]) -> int:
+    """How many of the last rounds in `history` improved neither side (from its rows, so a resumed run
+    counts the rounds before the crash too)."""
+    by_round: dict[int, bool] = {}
+    for row in history:
+        if row.get("side") in SIDES:
+            by_round[row["round"]] = by_round.get(row["round"], False) or bool(row.get("improved"))
+    n = 0
+    for r in sorted(by_round, reverse=True):
+        if by_round[r]:
+            break
+        n += 1
+    return n
+
+
 async def acoevolve(
     attack_prompts: Sequence[str],
     defense_prompt: str,
@@ -59,6 +77,8 @@ async def acoevolve(
     report_cases: int = 4,
     max_chars: Mapping[str, int] | None = None,
     gradient_tokens: int = 300,
+    patience: int = 1,
+    explore_temperature: float = 0.7,
     resume: bool = False,
     budgets: Budgets | None = None,
     callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
@@ -68,6 +88,10 @@ async def acoevolve(
     _check_prompts(attack_prompts, defense_prompt, benign)
     if rounds < 0 or iterations < 1:
         raise ValueError(f"rounds must be >= 0 and iterations >= 1, got rounds={rounds}, iterations={iterations}")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1 (rounds without improvement before stopping), got {patience!r}")
+    if not 0.0 < explore_temperature <= 2.0:
+        raise ValueError(f"explore_temperature must be in (0, 2], got {explore_temperature!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     w = dict(DEFAULT_WEIGHTS, **(weights or {}))
@@ -82,9 +106,11 @@ async def acoevolve(
     mc = dict({"attack": 800, "defense": 3000}, **(max_chars or {}))
     run = CoevolutionState(engine=eng, opt_engine=opt_eng, scenario=scen, items=items, examples=list(examples), seed=seed,
                val_fraction=val_fraction, pool_size=pool_size, buffer_size=buffer_size, weights=w, powers=p,
-               report_cases=report_cases, max_chars=mc, iterations=iterations, gradient_tokens=gradient_tokens)
+               report_cases=report_cases, max_chars=mc, iterations=iterations, gradient_tokens=gradient_tokens,
+               explore_temperature=explore_temperature)
     config = {"rounds": rounds, "iterations": iterations, "pool_size": pool_size, "seed": seed,
-              "val_fraction": val_fraction, "buffer_size": buffer_size, "report_cases": report_cases, "weights": w, "powers": p,
+              "val_fraction": val_fraction, "buffer_size": buffer_size, "report_cases": report_cases,
+              "patience": patience, "explore_temperature": explore_temperature, "weights": w, "powers": p,
               "scenario": scen.to_dict(), "engine": repr(eng), "optimizer_engine": repr(opt_eng),
               "train_items": len(run.items["train"]), "val_items": len(run.items["val"]),
               "train_examples": len(run.examples["train"]), "val_examples": len(run.examples["val"])}
@@ -134,7 +160,7 @@ async def acoevolve(
                 history[-1].update(usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
                 rec.check_failures(run.failures)  # a 401/403 on the optimizer engine ends the run
             rounds_run = r
-            if not any(improved):
+            if not any(improved) and stale_rounds(history) >= patience:
                 stopped = "early_stop" if r < rounds else "completed"
             rec.save_checkpoint(_state(run, history, r, rounds_run, stopped))
             for row in history[-len(SIDES):]:

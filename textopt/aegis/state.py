@@ -97,7 +97,8 @@ class CoevolutionState:
     def __init__(self, *, engine: Engine, opt_engine: Engine, scenario: Scenario, items: Sequence[str],
                  examples: Sequence[Example], seed: int, val_fraction: float, pool_size: int,
                  buffer_size: int, weights: Mapping[str, float], powers: Mapping[str, float],
-                 report_cases: int, max_chars: Mapping[str, int], iterations: int, gradient_tokens: int) -> None:
+                 report_cases: int, max_chars: Mapping[str, int], iterations: int, gradient_tokens: int,
+                 explore_temperature: float = 0.7) -> None:
         self.engine, self.opt_engine, self.scenario, self.seed = engine, opt_engine, scenario, seed
         rng = random.Random(seed)
         order = list(items)
@@ -112,6 +113,7 @@ class CoevolutionState:
         self.weights = {s: {k: float(weights[k]) for k in ROUTES[s]} for s in SIDES}
         self.powers = {k: float(powers.get(k, 1.0)) for k in OBJECTIVES}
         self.report_cases, self.max_chars, self.iterations = report_cases, dict(max_chars), iterations
+        self.explore_temperature = explore_temperature
         self.gradient_tokens = gradient_tokens
         self.best: dict[str, str] = {}
         self.failures: list[dict[str, Any]] = []
@@ -203,7 +205,9 @@ class CoevolutionState:
             total_failures=len(failures), past=self.buffer.get(f"{side}:{route}"), case_chars=700,
         )
 
-    async def step(self, side: str, base: Candidate, report: Any, label: str) -> str | None:
+    async def step(self, side: str, base: Candidate, report: Any, label: str, temperature: float | None = None) -> str | None:
+        """One textual-gradient step from `base`; temperature None is greedy (the engine's own), a number
+        samples the gradients and the update (a separate draw each time)."""
         self._steps += 1
         routes = [(r, self.failing(side, r, report)) for r in ROUTES[side]]
         routes = [(r, f) for r, f in routes if f]
@@ -212,7 +216,8 @@ class CoevolutionState:
 
         async def gradient(route: str, failures: list[dict[str, str]]) -> str:
             messages = self.gradient_messages(side, route, base.prompt, base.metrics.get(route, 0.0), failures, self._steps)
-            reply = await self.opt_engine.acomplete(messages, max_tokens=self.gradient_tokens)
+            extra = {} if temperature is None else {"temperature": temperature}
+            reply = await self.opt_engine.acomplete(messages, max_tokens=self.gradient_tokens, **extra)
             return reply.text.strip()[:GRADIENT_CHARS]
 
         texts = await asyncio.gather(*(gradient(r, f) for r, f in routes))
@@ -223,7 +228,8 @@ class CoevolutionState:
                 var.add_gradient(f"Objective {route} (weight {self.weights[side][route]:g}): {text}")
         if not var.gradients:
             return None
-        opt = TGD([var], engine=self.opt_engine, constraints=[self.fmt(c) for c in CONSTRAINTS[side]])
+        opt = TGD([var], engine=self.opt_engine, constraints=[self.fmt(c) for c in CONSTRAINTS[side]],
+                  temperatures=(temperature, 0.7))
         await opt.astep()
         if opt.failures:
             self.failures.extend({"side": side, "at": label, "error": f.error, "reply": f.reply[:500]} for f in opt.failures)
@@ -245,7 +251,7 @@ class CoevolutionState:
             base = pool.top()
             _, _, report = await self.evaluate(side, base.prompt, self.best[_other(side)], "train")
             label = f"round {round_no} iteration {it}"
-            new = await self.step(side, base, report, label)
+            new = await self.step(side, base, report, label, None if it == 1 else self.explore_temperature)
             if new is None or new in pool:
                 continue
             cand = Candidate(new, born=label)

@@ -24,6 +24,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"textual-gradient steps per side per round (default: {D['iterations']})")
     p.add_argument("--pool-size", type=int, default=D["pool_size"],
                    help=f"candidate prompts kept per side (default: {D['pool_size']})")
+    p.add_argument("--patience", type=int, default=D["patience"],
+                   help=f"stop early after this many rounds in a row that improved neither side (default: {D['patience']})")
+    p.add_argument("--buffer-size", type=int, default=D["buffer_size"],
+                   help=f"past gradients per objective shown with a new gradient request; 0 turns the buffer off "
+                        f"(default: {D['buffer_size']})")
     p.add_argument("--essays", type=int, default=D["essays"],
                    help=f"built-in clean essays used, half train, half validation (default: {D['essays']})")
     p.add_argument("--corpus", default=D["corpus"], metavar="FILE",
