@@ -188,6 +188,8 @@ def main(argv=None) -> int:
         "attacks": {"essays_unseen": len(unseen_essays), "rows": evasion, "tokens": u_attacks.to_dict(), "seconds": round(t_attacks, 1)},
         "initial_defense_prompt": seed_defense, "evolved_defense_prompt": result.defense_prompt,
         "best_attack": result.best_attack,
+        "command": "python benchmarks/aegis_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "history": result.history,  # every round's row with both sides' prompts (notebooks/03 draws it)
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     print("| defense prompt | TPR [95% CI] | TNR [95% CI] | F1 | bal. acc. [95% CI] | Δ vs seed [95% CI] | TP/FN/TN/FP | unparsed |")
