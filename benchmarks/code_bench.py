@@ -77,16 +77,21 @@ if TYPE_CHECKING:
     from textopt.humaneval import Problem
     from textopt.sandbox import Sandbox
 
-FRAMEWORKS = ("textopt-tgd", "textopt-optoprime", "textgrad", "trace")
-TEXTOPT = {"textopt-tgd": "tgd", "textopt-optoprime": "optoprime"}
+FRAMEWORKS = ("textopt-tgd", "textopt-optoprime", "textopt-tgd-text", "textgrad", "trace")
+TEXTOPT = {"textopt-tgd": "tgd", "textopt-optoprime": "optoprime", "textopt-tgd-text": "tgd"}
+#: textopt variants whose update reply is plain text (`--update-format text`): no JSON grammar around the code.
+TEXT_REPLY = {"textopt-tgd-text"}
 PEER_SCRIPTS = {"textgrad": HERE / "peers" / "textgrad_code.py", "trace": HERE / "peers" / "trace_code.py"}
-LABEL = {"textopt-tgd": "textopt TGD", "textopt-optoprime": "textopt OptoPrime", "textgrad": "TextGrad TGD",
+LABEL = {"textopt-tgd": "textopt TGD", "textopt-optoprime": "textopt OptoPrime", "textopt-tgd-text": "textopt TGD, text replies",
+         "textgrad": "TextGrad TGD",
          "trace": "Trace OptoPrime"}
 HOW = {
     "textopt-tgd": "textopt.humaneval.optimize_code(optimizer='tgd'): the program is a CodeVariable; the test op's "
                    "backward hands the report over (no model call); one TGD update per step (JSON reply)",
     "textopt-optoprime": "textopt.humaneval.optimize_code(optimizer='optoprime'): the same graph; one OptoPrime "
                          "update per step (JSON reply)",
+    "textopt-tgd-text": "as textopt TGD, with update_format text: the reply is the new code (a fence and prose "
+                        "around it allowed), no JSON grammar",
     "textgrad": "tg.Variable(program, requires_grad=True); loss = FormattedLLMCall reviewing task, code and test "
                 "report; loss.backward(); tg.TGD step (one update call; loss and gradient are other calls)",
     "trace": "trace.node(program, trainable=True) -> @bundle unit_tests -> report; opt.backward(report, report); "
@@ -296,7 +301,8 @@ def run_textopt(kind: str, problems: Sequence["Problem"], firsts: dict[str, dict
         try:
             run = optimize_code(p, engine, optimizer=kind, max_updates=settings.updates, first_attempt=firsts[p.task_id]["code"],
                                 timeout=settings.test_timeout, sandbox=sandbox,
-                                optimizer_options={"max_tokens": settings.update_tokens})
+                                optimizer_options={"max_tokens": settings.update_tokens,
+                                                   **({"reply": "text"} if tag in TEXT_REPLY else {})})
         except Exception as exc:  # noqa: BLE001 - e.g. the server went away: recorded, the next problem goes on
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         else:
