@@ -64,3 +64,30 @@ def test_plain_variables_are_not_normalized() -> None:
     opt = to.TGD([p], engine=to.ScriptedEngine(reply), reply="text")
     opt.step()
     assert p.value == reply
+
+
+@pytest.mark.parametrize("tag", ["value", "variable", "new_value"])
+def test_our_own_structure_tag_around_a_proposal_is_removed(tag: str) -> None:
+    from textopt.optim.base import unwrap
+
+    assert unwrap(f"<{tag}>\n{FIXED}\n</{tag}>") == FIXED
+    assert unwrap(f"<{tag}>a</{tag}> and <{tag}>b</{tag}>") == f"<{tag}>a</{tag}> and <{tag}>b</{tag}>"  # two: not a wrapper
+    assert unwrap("<foo>a</foo>") == "<foo>a</foo>"  # not one of ours: the value's own text
+
+
+def test_optoprime_applies_code_wrapped_in_its_variable_tag() -> None:
+    """The 1.5B copied OptoPrime's <variable> tag around its code in workload (i) (BENCHMARKS)."""
+    import json
+
+    @to.trace
+    def run_it(code: str) -> str:
+        """Stands for the tests of the code."""
+        return "f(1) returned 1"
+
+    v = code_var()
+    out = run_it(v)
+    reply = json.dumps({"suggestion": {"code_f": f"<variable>\n{FIXED}\n</variable>"}, "reasoning": "add one"})
+    opt = to.OptoPrime([v], engine=to.ScriptedEngine(reply))
+    opt.backward(out, "expected 2")
+    opt.step()
+    assert opt.failures == [] and v.value == FIXED

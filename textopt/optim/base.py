@@ -23,7 +23,7 @@ from ..backward import run_backward
 from ..context import resolve_backward_engine
 from ..errors import EngineError, EngineUnavailable, ParseError, UpdateError
 from ..module import Module, parameter_list
-from ..prompts import elide, load_overrides, render_messages, unescape_tags, using_templates
+from ..prompts import RESERVED_TAGS, elide, load_overrides, render_messages, unescape_tags, using_templates
 from ..variable import Variable, missing_fields
 from .parse import parse_reply
 
@@ -377,19 +377,22 @@ def _unescape(value: Any) -> Any:
 
 
 _FENCED = re.compile(r"```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+_WRAPPING_TAG = re.compile(r"<(" + "|".join(RESERVED_TAGS) + r")>(.*)</\1>", re.S)
 
 
 def unwrap(value: Any) -> Any:
     """A proposed value as small models send it -> the value: without a code fence around it (```text ... ```)
-    or backticks around it (`...`, ``...``), or the <value> tag the update prompt showed it in. Only wrapping is removed; backticks inside the value stay."""
+    or backticks around it (`...`, ``...``), or one of our structure tags the update prompt showed it in
+    (<value> in TGD's, <variable> in OptoPrime's). Only wrapping is removed; backticks inside the value stay."""
     if not isinstance(value, str):
         return value
     text = value.strip()
     fence = _FENCED.fullmatch(text)
     if fence:
         return fence.group(1).strip("\n")
-    if text.startswith("<value>") and text.endswith("</value>") and text.count("<value>") == 1:
-        return text[len("<value>"):-len("</value>")].strip()  # the update prompt's own tag, copied back
+    tag = _WRAPPING_TAG.fullmatch(text)
+    if tag and text.count(f"<{tag.group(1)}>") == 1:
+        return tag.group(2).strip()  # one of the update prompt's own structure tags (<value>, <variable>), copied back
     for mark in ("```", "``", "`"):
         if len(text) > 2 * len(mark) and text.startswith(mark) and text.endswith(mark):
             inner = text[len(mark):-len(mark)]
