@@ -18,13 +18,12 @@ starts, `CODE_BENCH_ROW {...}` when it ends (steps, unusable proposals by kind, 
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.request
 from collections import Counter
 from typing import Any
 
+from _code_common import Tester, clip, run_problems  # the protocol and the test endpoint's client
 from textgrad_bench import engine as capped_engine  # TextGrad's ChatExternalClient with a reply cap
 
 #: The evaluator (TextGrad's loss) reads the test report and says what is wrong; it writes no code itself,
@@ -36,34 +35,9 @@ EVALUATION = (
 )
 
 
-def emit(kind: str, payload: dict[str, Any]) -> None:
-    print(f"CODE_BENCH_{kind} " + json.dumps(payload), flush=True)
-
-
-def clip(text: str, limit: int = 1200) -> str:
-    return text if len(text) <= limit else text[: limit // 2] + " [...] " + text[-limit // 2:]
-
-
 def url_for(cfg: dict[str, Any], problem: dict[str, Any], kind: str) -> str:
     """The proxy route of this problem's update calls ("update") or its loss and gradient calls ("other")."""
     return cfg["url"].format(run=f"{cfg['tag']}.{problem['run']}.{kind}")
-
-
-class Tester:
-    """The driver's test endpoint; a version already tested here is not sent again."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seen: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def test(self, task_id: str, code: str) -> dict[str, Any]:
-        key = (task_id, code)
-        if key not in self.seen:
-            body = json.dumps({"task_id": task_id, "code": code}).encode()
-            req = urllib.request.Request(self.url, data=body, method="POST", headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                self.seen[key] = json.loads(resp.read())
-        return self.seen[key]
 
 
 def solve(problem: dict[str, Any], cfg: dict[str, Any], tester: Tester) -> dict[str, Any]:
@@ -116,12 +90,7 @@ def solve(problem: dict[str, Any], cfg: dict[str, Any], tester: Tester) -> dict[
 
 
 def main() -> None:
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        cfg = json.load(fh)
-    tester = Tester(cfg["test_url"])
-    for problem in cfg["problems"]:
-        emit("START", {"task_id": problem["task_id"]})
-        emit("ROW", solve(problem, cfg, tester))
+    run_problems(solve, sys.argv[1])
 
 
 if __name__ == "__main__":

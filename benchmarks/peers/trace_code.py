@@ -22,14 +22,14 @@ Protocol (stdout; anything else printed, such as Trace's banner, is ignored): `C
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import urllib.request
 import warnings
 from collections import Counter
 from typing import Any
+
+from _code_common import Tester, clip, run_problems  # the protocol and the test endpoint's client
 
 from opto import trace
 from opto.optimizers import OptoPrime
@@ -51,31 +51,6 @@ class GreedyLLM(CustomLLM):
     def create(self, **config: Any) -> Any:
         config.setdefault("temperature", 0)
         return super().create(**config)
-
-
-def clip(text: str, limit: int = 1200) -> str:
-    return text if len(text) <= limit else text[: limit // 2] + " [...] " + text[-limit // 2:]
-
-
-def emit(kind: str, payload: dict[str, Any]) -> None:
-    print(f"CODE_BENCH_{kind} " + json.dumps(payload), flush=True)
-
-
-class Tester:
-    """The driver's test endpoint; a version already tested here is not sent again."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seen: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def test(self, task_id: str, code: str) -> dict[str, Any]:
-        key = (task_id, code)
-        if key not in self.seen:
-            body = json.dumps({"task_id": task_id, "code": code}).encode()
-            req = urllib.request.Request(self.url, data=body, method="POST", headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                self.seen[key] = json.loads(resp.read())
-        return self.seen[key]
 
 
 @trace.bundle()
@@ -132,12 +107,7 @@ def solve(problem: dict[str, Any], cfg: dict[str, Any], tester: Tester) -> dict[
 
 def main() -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        cfg = json.load(fh)
-    tester = Tester(cfg["test_url"])
-    for problem in cfg["problems"]:
-        emit("START", {"task_id": problem["task_id"]})
-        emit("ROW", solve(problem, cfg, tester))
+    run_problems(solve, sys.argv[1])
 
 
 if __name__ == "__main__":
