@@ -93,16 +93,30 @@ def strip_fences(text: str) -> str:
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
 
 
-def code_in_reply(text: str, function_name: str) -> str:
-    """The code a coder model meant in a reply: the ``` block that defines `function_name` when the reply has
-    prose around its fences (else the first block; an unclosed last fence counts), then without a top-level
-    `if __name__ == "__main__":` block or example calls such as `print(f(3))` after the code. Those never
-    change what the function does, and a small model adds them often; a reply that does not parse is
-    returned as it is, so the check can say why."""
+def defines(code: str, name: str) -> bool:
+    """True when `code` has a top-level `def name(` line (text only: nothing is parsed or run)."""
+    return re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.M) is not None
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """The code in an LLM's reply: the first ``` block that defines `entry_point` (else the first block; an
+    unclosed last fence counts, for a reply cut off), or the whole text when it has no fence."""
     blocks = [m.group(1) for m in _FENCE.finditer(text)]
-    if blocks:
-        defining = [b for b in blocks if re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(function_name)}[ \t]*\(", b, re.M)]
-        text = (defining or blocks)[0].strip("\n").rstrip()
+    if not blocks:
+        return text.strip("\n")
+    if entry_point:
+        for block in blocks:
+            if defines(block, entry_point):
+                return block.strip("\n").rstrip()
+    return blocks[0].strip("\n").rstrip()
+
+
+def code_in_reply(text: str, function_name: str) -> str:
+    """The code a coder model meant in a reply: `extract_code` (the fenced block that defines
+    `function_name`, out of the prose around it), then without a top-level `if __name__ == "__main__":` block
+    or example calls such as `print(f(3))` after the code. Those never change what the function does, and a
+    small model adds them often; a reply that does not parse is returned as it is, so the check can say why."""
+    text = extract_code(text, function_name) if "```" in text else text
     try:
         tree = ast.parse(text)
     except SyntaxError:

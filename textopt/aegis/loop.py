@@ -160,7 +160,7 @@ async def acoevolve(
                 history[-1].update(usage_columns(used), seconds=round(time.perf_counter() - t0, 3))
                 rec.check_failures(run.failures)  # a 401/403 on the optimizer engine ends the run
             rounds_run = r
-            if not any(improved) and stale_rounds(history) >= patience:
+            if stale_rounds(history) >= patience:  # this round and the ones before it improved neither side
                 stopped = "early_stop" if r < rounds else "completed"
             rec.save_checkpoint(_state(run, history, r, rounds_run, stopped))
             for row in history[-len(SIDES):]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..source import extract_code
+
 
 #: Seconds one run of a problem's tests may take (compiling the code included).
 DEFAULT_TIMEOUT = 10.0
@@ -101,27 +103,6 @@ def load_humaneval(n: int | None = None, seed: int | None = None, ids: Iterable[
 
 
 # -- what a candidate is -----------------------------------------------------------------------------
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
-
-
-def extract_code(text: str, entry_point: str | None = None) -> str:
-    """The code in an LLM's reply: the first ``` block that defines `entry_point` (else the first block; an
-    unclosed last fence counts, for a reply cut off), or the whole text when it has no fence."""
-    blocks = [m.group(1) for m in _FENCE.finditer(text)]
-    if not blocks:
-        return text.strip("\n")
-    if entry_point:
-        for block in blocks:
-            if _defines(block, entry_point):
-                return block.strip("\n").rstrip()
-    return blocks[0].strip("\n").rstrip()
-
-
-def _defines(code: str, name: str) -> bool:
-    """True when `code` has a top-level `def name(` line (text only: nothing is parsed or run)."""
-    return re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.M) is not None
-
-
 def as_program(problem: Problem, code: str) -> str:
     """The program that is run for `code`: taken out of ``` fences; a full program (any top-level def or class)
     as it is; a bare function body appended to the prompt, indented by 4 when it isn't indented."""
