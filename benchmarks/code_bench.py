@@ -70,6 +70,7 @@ for _p in (str(ROOT), str(HERE)):
 
 from detector_spread import Ticker, load  # noqa: E402  (heartbeat thread, load average)
 from prompt_spread import wilson  # noqa: E402  (Wilson 95% interval)
+from peers._code_common import clip  # noqa: E402  (the peer scripts' own, so replies are cut alike)
 from textopt.engines.openai import OpenAIEngine  # noqa: E402
 from textopt.errors import EngineError  # noqa: E402
 
@@ -249,11 +250,6 @@ class TestService:
     def __exit__(self, *exc: Any) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def clip(text: str, limit: int = 1200) -> str:
-    """Head and tail of a long text (replies kept for reading after the run)."""
-    return text if len(text) <= limit else text[: limit // 2] + " [...] " + text[-limit // 2:]
 
 
 def _sha(text: str) -> str:
