@@ -91,3 +91,25 @@ def test_optoprime_applies_code_wrapped_in_its_variable_tag() -> None:
     opt.backward(out, "expected 2")
     opt.step()
     assert opt.failures == [] and v.value == FIXED
+
+
+def test_our_tag_inside_the_fence_is_removed_too() -> None:
+    """The 1.5B wrote prose, then ```python <value> ... </value> ``` (HumanEval/115, the code-repair prompt)."""
+    v = code_var()
+    reply = f"The bug: f returns x.\n\n```python\n<value>\n{FIXED}\n\nprint(f(1))\n</value>\n```\nExplanation: adds one."
+    opt = to.TGD([v], engine=to.ScriptedEngine(reply), reply="text")
+    opt.step()
+    assert opt.failures == [] and v.value == FIXED
+
+
+def test_our_tag_after_prose_stands_for_the_fence() -> None:
+    """Prose, then the program in <value> tags and no fence (the 1.5B on HumanEval/115, workload (i))."""
+    v = code_var()
+    reply = f"The bug: f returns x; it should add one.\nHere is the fixed program:\n<value>\n{FIXED}\n</value>"
+    opt = to.TGD([v], engine=to.ScriptedEngine(reply), reply="text")
+    opt.step()
+    assert opt.failures == [] and v.value == FIXED
+    two = to.TGD([w := code_var()], engine=to.ScriptedEngine([f"<value>{FIXED}</value> or <value>x</value>"] * 2),
+                 reply="text")
+    two.step()  # two tagged blocks: not a wrapper, so nothing is guessed; the check names what does not parse
+    assert w.value == "def f(x):\n    return x\n" and "does not parse" in two.failures[-1].error

@@ -411,7 +411,15 @@ def proposed_value(param: Variable, value: Any) -> Any:
     out of the prose around it, without example calls), before any check."""
     value = clean_value(value)
     normalize = getattr(param, "normalize", None)
-    return normalize(value) if normalize is not None and isinstance(value, str) else value
+    if normalize is None or not isinstance(value, str):
+        return value
+    if "```" not in value:  # prose, then the code in one of our tags instead of a fence (the 1.5B, HumanEval/115)
+        tagged = _WRAPPING_TAG.search(value)
+        if tagged and value.count(f"<{tagged.group(1)}>") == 1:
+            value = tagged.group(2).strip("\n")
+    value = normalize(value)
+    inner = unwrap(value)  # the fence held our own tag too: ```python <value> ... </value> ```
+    return normalize(inner) if inner is not value else value
 
 
 class Rejected(str):
