@@ -78,12 +78,15 @@ if TYPE_CHECKING:
     from textopt.humaneval import Problem
     from textopt.sandbox import Sandbox
 
-FRAMEWORKS = ("textopt-tgd", "textopt-optoprime", "textopt-tgd-text", "textgrad", "trace")
-TEXTOPT = {"textopt-tgd": "tgd", "textopt-optoprime": "optoprime", "textopt-tgd-text": "tgd"}
+FRAMEWORKS = ("textopt-tgd", "textopt-optoprime", "textopt-tgd-text", "textopt-tgd-fix", "textgrad", "trace")
+TEXTOPT = {"textopt-tgd": "tgd", "textopt-optoprime": "optoprime", "textopt-tgd-text": "tgd", "textopt-tgd-fix": "tgd"}
 #: textopt variants whose update reply is plain text (`--update-format text`): no JSON grammar around the code.
-TEXT_REPLY = {"textopt-tgd-text"}
+TEXT_REPLY = {"textopt-tgd-text", "textopt-tgd-fix"}
+#: textopt variants that spend the budget as one round of k proposals from one report (`--samples k`).
+SAMPLES = {"textopt-tgd-fix": 3}
 PEER_SCRIPTS = {"textgrad": HERE / "peers" / "textgrad_code.py", "trace": HERE / "peers" / "trace_code.py"}
 LABEL = {"textopt-tgd": "textopt TGD", "textopt-optoprime": "textopt OptoPrime", "textopt-tgd-text": "textopt TGD, text replies",
+         "textopt-tgd-fix": "textopt TGD, code-repair prompt, 3 samples",
          "textgrad": "TextGrad TGD",
          "trace": "Trace OptoPrime"}
 HOW = {
@@ -93,6 +96,9 @@ HOW = {
                          "update per step (JSON reply)",
     "textopt-tgd-text": "as textopt TGD, with update_format text: the reply is the new code (a fence and prose "
                         "around it allowed), no JSON grammar",
+    "textopt-tgd-fix": "as textopt TGD text (prompts/code_update.j2: say the bug, then the program in one fence), "
+                       "samples=3: the 3 update calls are 3 proposals from the first report (the 2nd and 3rd at "
+                       "0.8), the best one kept",
     "textgrad": "tg.Variable(program, requires_grad=True); loss = FormattedLLMCall reviewing task, code and test "
                 "report; loss.backward(); tg.TGD step (one update call; loss and gradient are other calls)",
     "trace": "trace.node(program, trainable=True) -> @bundle unit_tests -> report; opt.backward(report, report); "
@@ -298,7 +304,8 @@ def run_textopt(kind: str, problems: Sequence["Problem"], firsts: dict[str, dict
             run = optimize_code(p, engine, optimizer=kind, max_updates=settings.updates, first_attempt=firsts[p.task_id]["code"],
                                 timeout=settings.test_timeout, sandbox=sandbox,
                                 optimizer_options={"max_tokens": settings.update_tokens,
-                                                   **({"reply": "text"} if tag in TEXT_REPLY else {})})
+                                                   **({"reply": "text"} if tag in TEXT_REPLY else {})},
+                                samples=SAMPLES.get(tag, 1))
         except Exception as exc:  # noqa: BLE001 - e.g. the server went away: recorded, the next problem goes on
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         else:

@@ -232,6 +232,25 @@ def test_optimize_code_fixes_a_failing_first_attempt(box, problems, optimizer):
     assert run.usage["calls"] == 1 and run.to_dict()["attempts"][1]["passed"] is True
 
 
+def test_text_replies_use_the_code_repair_prompt_and_take_the_program_out_of_the_explanation(box, problems):
+    """With reply="text" the update request is prompts/code_update.j2 (say the bug, then one fenced program);
+    the reply's prose and our own <value> tag inside the fence (as the 1.5B wrote on HumanEval/115) are dropped."""
+    p = problems["HumanEval/0"]
+    reply = ("The code returns False for every input; it should compare each pair against the threshold.\n\n"
+             f"```python\n<value>\n{full(p)}\n</value>\n```\nNow every pair is checked.")
+    engine = to.ScriptedEngine([reply])
+    run = he.optimize_code(p, engine, first_attempt=WRONG_0, max_updates=1, sandbox=box,
+                           optimizer_options={"reply": "text"})
+    assert run.passed and run.code.strip() == full(p).strip() and len(engine.calls) == 1
+    system, user = engine.calls[0][0]["content"], engine.calls[0][-1]["content"]
+    assert "First explain the bug" in system and "one ```python block" in system
+    assert "returned False" in user and "has_close_elements with exactly its current name" in user
+    own = to.ScriptedEngine([reply])  # a user's own template for the text update wins over ours
+    he.optimize_code(p, own, first_attempt=WRONG_0, max_updates=1, sandbox=box, optimizer_options={
+        "reply": "text", "templates": {"tgd_update_text.j2": "{% block user %}Fix it: {{ value }}{% endblock %}"}})
+    assert own.calls[0][-1]["content"].startswith("Fix it: ") and len(own.calls[0]) == 1
+
+
 def test_optimize_code_stops_at_max_updates_when_nothing_fixes_it(box, problems):
     p = problems["HumanEval/0"]
     count = iter(range(100))

@@ -11,7 +11,7 @@ from .._sync import sync_twin
 from ..context import resolve_engine
 from ..engines.usage import track_usage
 from ..optim import TGD, OptoPrime
-from ..prompts import render, render_messages
+from ..prompts import prompt_dir, render, render_messages
 from ..source import CodeVariable
 from ..variable import Variable
 from .metric import RunTests
@@ -154,7 +154,10 @@ async def aoptimize_code(
     request, plus at most one re-ask when its proposal can't be used and one JSON repair. A step whose
     proposal was refused leaves the code as it was (not tested again) and still counts.
     max_tokens caps the reply of the first attempt; optimizer_options go to the optimizer (constraints are
-    added to the built-in one; memory=..., reply=..., max_tokens=...). keep_best: each update starts from the
+    added to the built-in one; memory=..., reply=..., max_tokens=...). With TGD and reply="text" the request is
+    prompts/code_update.j2: the model may first say what the code does wrong on the failing check, then writes
+    the program in one fenced block (the generic text prompt asks for the new value alone). keep_best: each
+    update starts from the
     version that passed most checks so far, a worse one is dropped and named in the next request, and the
     run ends on the best version (`CodeRun.final`).
     samples=k: each round of feedback gets up to k update calls from the same version and the same report,
@@ -176,6 +179,8 @@ async def aoptimize_code(
     options = dict(optimizer_options or {})
     constraint = render("humaneval_feedback.j2", "constraint", entry_point=problem.entry_point)
     options["constraints"] = [constraint, *options.get("constraints", ())]
+    if kind == "tgd" and options.get("reply") == "text":  # the code-repair wording (a user's own override wins)
+        options["templates"] = {"tgd_update_text.j2": prompt_dir() / "code_update.j2", **(options.get("templates") or {})}
     run = CodeRun(problem.task_id, kind)
     with track_usage() as usage:
         start = first_attempt if first_attempt is not None else await adraft_code(problem, engine, max_tokens=max_tokens)
