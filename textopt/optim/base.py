@@ -42,7 +42,7 @@ _PLACEHOLDER_RE = re.compile(r"<\s*(new[ _]?value|value|why|reasoning|the full n
 
 @dataclass
 class UpdateFailure:
-    """A proposal that could not be used (the variable kept its value). kind: "no change", "placeholder",
+    """A proposal that could not be used (the variable kept its value). kind: "no change", "placeholder", "tag",
     "null", "empty", "unicode", "too long", "not text", "unknown parameter", "refused", "reply", "engine",
     "no feedback", "control"."""
 
@@ -339,6 +339,10 @@ def check_value(value: Any, *, max_chars: int, placeholders: Iterable[str] = ())
     low = stripped.lower()
     if low in PLACEHOLDERS or low in placeholders or _PLACEHOLDER_RE.fullmatch(stripped):
         return "placeholder", f"the proposed value {stripped[:60]!r} is the reply template's placeholder, not a value"
+    opened = _OPENING_TAG.match(stripped)
+    if opened and f"</{opened.group(1)}>" not in stripped:
+        return "tag", (f"the proposed value starts with the update prompt's <{opened.group(1)}> tag and never closes "
+                       f"it: write the value alone, without tags")
     return None
 
 
@@ -369,7 +373,7 @@ def _storable(text: str, limit: int) -> str:
 
 
 #: Failures asked again at once (the next temperature), naming the reason: a fixable slip, not a bad idea.
-RE_ASK = frozenset({"no change", "missing field", "invalid"})
+RE_ASK = frozenset({"no change", "missing field", "invalid", "tag"})
 
 
 def _unescape(value: Any) -> Any:
@@ -377,6 +381,9 @@ def _unescape(value: Any) -> Any:
 
 
 _FENCED = re.compile(r"```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```", re.S)
+#: The tags an update prompt shows a value in; a proposal that opens one and never closes it copied the
+#: wrapping and was cut off or left it open (AEGIS on the 1.5B: `<value>` + the old prompt + the critique).
+_OPENING_TAG = re.compile(r"<(value|variable|new_value)>")
 _WRAPPING_TAG = re.compile(r"<(" + "|".join(RESERVED_TAGS) + r")>(.*)</\1>", re.S)
 
 
