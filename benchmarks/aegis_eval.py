@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--gradient-tokens", type=int, default=300)
     p.add_argument("--patience", type=int, default=2, help="stop after this many rounds in a row that improved neither side")
     p.add_argument("--explore-temperature", type=float, default=0.7, help="temperature of iterations after the first in a turn")
+    p.add_argument("--no-quote-failures", dest="quote_failures", action="store_false",
+                   help="the defender's gradients without its failing texts quoted (the ablation)")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads for local engines")
     p.add_argument("--no-cache", action="store_true", help="ask the engine every time (default: textopt's disk cache)")
     p.add_argument("--bootstrap", type=int, default=2000)
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}; {load()}", file=sys.stderr, flush=True)
 
     log(f"corpus {len(corpus)}: train {len(train)}, held-out scored {len(held)}; essays {len(essays)}, extra train "
-        f"examples {len(extra)}; seed defense {seed_name!r}; buffer {args.buffer_size}")
+        f"examples {len(extra)}; seed defense {seed_name!r}; buffer {args.buffer_size}; "
+        f"quoted failures {'on' if args.quote_failures else 'off'}")
     t0 = time.perf_counter()
     with track_usage() as u_before:
         flags_before, before = detect_flags(seed_defense, held, engine)
@@ -155,7 +158,8 @@ def main(argv=None) -> int:
                             optimizer_engine=opt_engine, rounds=args.rounds, iterations=args.iterations,
                             pool_size=args.pool_size, seed=args.seed, out=str(out / "coevolve"), examples=extra,
                             buffer_size=args.buffer_size, gradient_tokens=args.gradient_tokens, callbacks=[progress],
-                            patience=args.patience, explore_temperature=args.explore_temperature)
+                            patience=args.patience, explore_temperature=args.explore_temperature,
+                            quote_failures=args.quote_failures)
     t_evolve = time.perf_counter() - t0
     log(f"co-evolution: {result.rounds_run} rounds in {t_evolve:.0f} s, tokens {result.tokens}; "
         f"defense changed: {result.defense_prompt != seed_defense}")

@@ -79,6 +79,7 @@ async def acoevolve(
     gradient_tokens: int = 300,
     patience: int = 1,
     explore_temperature: float = 0.7,
+    quote_failures: bool = True,
     resume: bool = False,
     budgets: Budgets | None = None,
     callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
@@ -107,10 +108,10 @@ async def acoevolve(
     run = CoevolutionState(engine=eng, opt_engine=opt_eng, scenario=scen, items=items, examples=list(examples), seed=seed,
                val_fraction=val_fraction, pool_size=pool_size, buffer_size=buffer_size, weights=w, powers=p,
                report_cases=report_cases, max_chars=mc, iterations=iterations, gradient_tokens=gradient_tokens,
-               explore_temperature=explore_temperature)
+               explore_temperature=explore_temperature, quote_failures=quote_failures)
     config = {"rounds": rounds, "iterations": iterations, "pool_size": pool_size, "seed": seed,
               "val_fraction": val_fraction, "buffer_size": buffer_size, "report_cases": report_cases,
-              "patience": patience, "explore_temperature": explore_temperature, "weights": w, "powers": p,
+              "patience": patience, "explore_temperature": explore_temperature, "quote_failures": quote_failures, "weights": w, "powers": p,
               "scenario": scen.to_dict(), "engine": repr(eng), "optimizer_engine": repr(opt_eng),
               "train_items": len(run.items["train"]), "val_items": len(run.items["val"]),
               "train_examples": len(run.examples["train"]), "val_examples": len(run.examples["val"])}
@@ -205,7 +206,9 @@ def coevolve(
     benign: clean items of the scenario (essays by default), split into train and validation.
     engine runs the detector and the grader; optimizer_engine writes gradients and updates (default: engine).
     options: scenario, examples (extra labeled texts for the defender, e.g. a corpus train split),
-    val_fraction, buffer_size, weights, powers, report_cases, max_chars, gradient_tokens.
+    val_fraction, buffer_size, weights, powers, report_cases, max_chars, gradient_tokens, patience,
+    explore_temperature, quote_failures (the defender's failing texts quoted under its gradients; False for the
+    critique alone).
     out: the run directory (locked while running; a checkpoint after every round; result.json, history.json,
     history.csv, curves.png at the end). resume=True continues the run in `out` after its last completed
     round (pass the same arguments). budgets=textopt.run.Budgets(tokens=..., calls=..., usd=...) stops

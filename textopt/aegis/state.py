@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from ..engines.base import Engine
 from ..optim.tgd import TGD
-from ..prompts import render_messages
+from ..prompts import render, render_messages
 from ..variable import Variable
 from .buffer import GradientBuffer
 from .corpus import Example, split
@@ -31,6 +31,8 @@ OBJECTIVES = {
 }
 #: Characters of one gradient kept (two routes then fit an update prompt verbatim).
 GRADIENT_CHARS = 1400
+#: Characters of one failing text quoted under the defender's gradient.
+EVIDENCE_CHARS = 300
 
 
 def _other(side: str) -> str:
@@ -98,7 +100,7 @@ class CoevolutionState:
                  examples: Sequence[Example], seed: int, val_fraction: float, pool_size: int,
                  buffer_size: int, weights: Mapping[str, float], powers: Mapping[str, float],
                  report_cases: int, max_chars: Mapping[str, int], iterations: int, gradient_tokens: int,
-                 explore_temperature: float = 0.7) -> None:
+                 explore_temperature: float = 0.7, quote_failures: bool = True) -> None:
         self.engine, self.opt_engine, self.scenario, self.seed = engine, opt_engine, scenario, seed
         rng = random.Random(seed)
         order = list(items)
@@ -114,6 +116,7 @@ class CoevolutionState:
         self.powers = {k: float(powers.get(k, 1.0)) for k in OBJECTIVES}
         self.report_cases, self.max_chars, self.iterations = report_cases, dict(max_chars), iterations
         self.explore_temperature = explore_temperature
+        self.quote_failures = quote_failures
         self.gradient_tokens = gradient_tokens
         self.best: dict[str, str] = {}
         self.failures: list[dict[str, Any]] = []
@@ -186,13 +189,26 @@ class CoevolutionState:
             for c in report.cases:
                 if c.label != want or c.correct:
                     continue
+                # the words to quote back: for an attacked item, the injection placed in it (known); else the text
+                quote = self.best["attack"] if c.category == "attack" and want == "malicious" else c.text
                 if c.flagged is None:
-                    out.append({"text": c.text, "note": f"the detector's reply could not be read ({c.error})"})
+                    out.append({"text": c.text, "quote": quote, "note": f"the detector's reply could not be read ({c.error})"})
                 elif want == "malicious":
-                    out.append({"text": c.text, "note": f"contains an injection ({c.category}) but was NOT flagged; detector said: {c.reason or 'no reason'}"})
+                    out.append({"text": c.text, "quote": quote, "note": f"contains an injection ({c.category}) but was NOT flagged; detector said: {c.reason or 'no reason'}"})
                 else:
-                    out.append({"text": c.text, "note": f"clean ({c.category}) but WAS flagged; detector said: {c.reason or 'no reason'}"})
+                    out.append({"text": c.text, "quote": quote, "note": f"clean ({c.category}) but WAS flagged; detector said: {c.reason or 'no reason'}"})
         return out
+
+    def evidence(self, route: str, failures: list[dict[str, str]]) -> str:
+        """The defender's failing texts quoted verbatim under its gradient (distinct, at most `report_cases`):
+        a small critic writes generic advice ("cover more complex patterns") that names no word of the cases,
+        so the update would not see what was missed; with the quotes it can name the signs. Empty for the
+        attacker (its cases are whole attacked items, and the detector's reasons are in the critique)."""
+        quotes = list(dict.fromkeys(f["quote"].strip() for f in failures if f.get("quote", "").strip()))
+        if not quotes:
+            return ""
+        return render("aegis_gradient.j2", "evidence", route=route, quotes=quotes[: self.report_cases],
+                      item_name=self.scenario.item_name, quote_chars=EVIDENCE_CHARS)
 
     def gradient_messages(self, side: str, route: str, prompt: str, value: float, failures: list[dict[str, str]], step: int) -> list[dict[str, str]]:
         n = self.report_cases
@@ -222,10 +238,11 @@ class CoevolutionState:
 
         texts = await asyncio.gather(*(gradient(r, f) for r, f in routes))
         var = Variable(base.prompt, role=self.fmt(ROLES[side]), requires_grad=True, name=f"{side}_prompt")
-        for (route, _), text in zip(routes, texts):
+        for (route, failures), text in zip(routes, texts):
             self.buffer.add(f"{side}:{route}", text)
-            if text:
-                var.add_gradient(f"Objective {route} (weight {self.weights[side][route]:g}): {text}")
+            quoted = self.evidence(route, failures) if side == "defense" and self.quote_failures else ""
+            if text or quoted:
+                var.add_gradient(f"Objective {route} (weight {self.weights[side][route]:g}): " + "\n\n".join(t for t in (text, quoted) if t))
         if not var.gradients:
             return None
         opt = TGD([var], engine=self.opt_engine, constraints=[self.fmt(c) for c in CONSTRAINTS[side]],
@@ -248,8 +265,7 @@ class CoevolutionState:
         await asyncio.gather(*(self.score(side, c, "train") for c in pool.members))
         pool.resort()
         for it in range(1, self.iterations + 1):
-            base = pool.top()
-            _, _, report = await self.evaluate(side, base.prompt, self.best[_other(side)], "train")
+            base, report = await self.learnable(side)
             label = f"round {round_no} iteration {it}"
             new = await self.step(side, base, report, label, None if it == 1 else self.explore_temperature)
             if new is None or new in pool:
@@ -264,6 +280,19 @@ class CoevolutionState:
         if improved:
             self.best[side] = best.prompt
         return improved
+
+    async def learnable(self, side: str) -> tuple[Candidate, Any]:
+        """The pool's best training candidate that still fails on some training case, with its report; the
+        top one when none does. A candidate with nothing failing gives no gradient: in (j) the attacker's best
+        evaded the detector on every training essay, so the attacker never stepped while its other attack,
+        which the detector caught, had everything to learn from."""
+        pool, opponent = self.pools[side], self.best[_other(side)]
+        for cand in pool.members:
+            _, _, report = await self.evaluate(side, cand.prompt, opponent, "train")
+            if any(self.failing(side, route, report) for route in ROUTES[side]):
+                return cand, report
+        top = pool.top()
+        return top, (await self.evaluate(side, top.prompt, opponent, "train"))[2]
 
     async def row(self, round_no: int, side: str, improved: bool | None, tokens: int, seconds: float) -> dict[str, Any]:
         a, d = self.best["attack"], self.best["defense"]

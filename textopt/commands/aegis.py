@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--buffer-size", type=int, default=D["buffer_size"],
                    help=f"past gradients per objective shown with a new gradient request; 0 turns the buffer off "
                         f"(default: {D['buffer_size']})")
+    p.add_argument("--no-quote-failures", dest="quote_failures", action="store_false",
+                   help="give the detector's update the critic's words alone, without the texts it failed on quoted "
+                        "(the ablation of the default)")
     p.add_argument("--essays", type=int, default=D["essays"],
                    help=f"built-in clean essays used, half train, half validation (default: {D['essays']})")
     p.add_argument("--corpus", default=D["corpus"], metavar="FILE",
