@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -204,11 +205,15 @@ class CoevolutionState:
         a small critic writes generic advice ("cover more complex patterns") that names no word of the cases,
         so the update would not see what was missed; with the quotes it can name the signs. Empty for the
         attacker (its cases are whole attacked items, and the detector's reasons are in the critique)."""
-        quotes = list(dict.fromkeys(f["quote"].strip() for f in failures if f.get("quote", "").strip()))
+        quotes = self.quotes(failures)
         if not quotes:
             return ""
-        return render("aegis_gradient.j2", "evidence", route=route, quotes=quotes[: self.report_cases],
+        return render("aegis_gradient.j2", "evidence", route=route, quotes=quotes,
                       item_name=self.scenario.item_name, quote_chars=EVIDENCE_CHARS)
+
+    def quotes(self, failures: list[dict[str, str]]) -> list[str]:
+        """The distinct failing texts `evidence` quotes (at most `report_cases`)."""
+        return list(dict.fromkeys(f["quote"].strip() for f in failures if f.get("quote", "").strip()))[: self.report_cases]
 
     def gradient_messages(self, side: str, route: str, prompt: str, value: float, failures: list[dict[str, str]], step: int) -> list[dict[str, str]]:
         n = self.report_cases
@@ -237,10 +242,13 @@ class CoevolutionState:
             return reply.text.strip()[:GRADIENT_CHARS]
 
         texts = await asyncio.gather(*(gradient(r, f) for r, f in routes))
-        var = Variable(base.prompt, role=self.fmt(ROLES[side]), requires_grad=True, name=f"{side}_prompt")
+        quoting = side == "defense" and self.quote_failures
+        shown = [q for _, f in routes for q in self.quotes(f)] if quoting else []
+        var = Variable(base.prompt, role=self.fmt(ROLES[side]), requires_grad=True, name=f"{side}_prompt",
+                       validate=(lambda value: pasted(value, base.prompt, shown)) if side == "defense" else None)
         for (route, failures), text in zip(routes, texts):
             self.buffer.add(f"{side}:{route}", text)
-            quoted = self.evidence(route, failures) if side == "defense" and self.quote_failures else ""
+            quoted = self.evidence(route, failures) if quoting else ""
             if text or quoted:
                 var.add_gradient(f"Objective {route} (weight {self.weights[side][route]:g}): " + "\n\n".join(t for t in (text, quoted) if t))
         if not var.gradients:
@@ -248,11 +256,11 @@ class CoevolutionState:
         opt = TGD([var], engine=self.opt_engine, constraints=[self.fmt(c) for c in CONSTRAINTS[side]],
                   temperatures=(temperature, 0.7))
         await opt.astep()
-        if opt.failures:
-            self.failures.extend({"side": side, "at": label, "error": f.error, "reply": f.reply[:500]} for f in opt.failures)
-            return None
+        # every refused proposal is recorded; a re-ask that was then applied still counts (before, one refusal
+        # discarded the step even when the re-ask's value had been applied)
+        self.failures.extend({"side": side, "at": label, "error": f.error, "reply": f.reply[:500]} for f in opt.failures)
         new = var.text.strip()
-        if not new:
+        if not new or new == base.prompt.strip():
             return None
         if len(new) > self.max_chars[side]:
             self.failures.append({"side": side, "at": label, "error": f"new {side} prompt has {len(new)} characters, over max_chars={self.max_chars[side]}", "reply": new[:500]})
@@ -311,6 +319,28 @@ class CoevolutionState:
         out += [{"kind": "attack_success", **c.to_dict()} for c in arep.cases if c.success]
         out += [{"kind": "unreadable", **c.to_dict()} for c in arep.cases if not c.readable]
         return out
+
+
+#: Tags of our requests (the update's and the critic's layout); a detector prompt holding one pasted its request.
+_REQUEST_TAG = re.compile(r"</?(?:value|new_value|feedback|variable|constraint|rejected|past|quote|report|example|prompt)>", re.I)
+#: Characters of a quoted training text that, found in a new detector prompt, mean it was pasted in.
+PASTE_CHARS = 40
+
+
+def pasted(value: str, current: str, quotes: Sequence[str]) -> str | None:
+    """Why a new detector prompt is not instructions, else None: it holds a tag of our requests that the current
+    one does not (the 1.5B pasted its whole feedback, quote tags and all, in run E of (j)), or a training text
+    it was shown (memorised: it raised train TPR 0.2 -> 0.5 and lost on validation)."""
+    tag = _REQUEST_TAG.search(value)
+    if tag and tag.group(0).lower() not in current.lower():
+        return (f"it contains the tag {tag.group(0)!r}, copied from the request's layout; write the detector's "
+                "instructions in plain text")
+    for q in quotes:
+        head = " ".join(q.split())[:PASTE_CHARS]
+        if len(head) == PASTE_CHARS and head in " ".join(value.split()):
+            return (f"it pastes a text the detector got wrong ({head!r}...); describe what such texts do instead, "
+                    "since the detector is scored on texts it never saw")
+    return None
 
 
 async def judge_cases(judge: Judge, defense: str, texts: Sequence[tuple[str, str, str]]) -> DetectorReport:
