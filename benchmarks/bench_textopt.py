@@ -9,6 +9,7 @@ scripts (benchmarks/peers/) build the same graphs with their own APIs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -291,7 +292,12 @@ class LabelProgram:
         # The optimizer's model: a separate reflection model when the harness gave one (--reflect-gguf).
         self.opt_engine = to.get_engine("openai:" + cfg.get("opt_model", cfg["model"]), base_url=cfg["opt_url"],
                                         max_tokens=cfg["opt_max_tokens"], timeout=900.0)
-        self.template = to.Variable(cfg["seed_prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template")
+        # The guard `textopt optimize` puts on a label template (datasets.template_problem): {input} kept, no
+        # stray slot, none of our tags, all labels or none. Without it, seed 1 of (g) on 2026-12-07 "gained"
+        # with a template that pasted its feedback ("Expected label: positive") and one that echoed a label.
+        check = getattr(datasets, "template_problem", None)  # older checkouts run without it
+        self.template = to.Variable(cfg["seed_prompt"], role=TEMPLATE_ROLE, requires_grad=True, name="instruction_template",
+                                    **({"validate": functools.partial(check, labels=tuple(cfg["labels"]))} if check else {}))
         self.metric = datasets.label_metric(tuple(cfg["labels"]))
         self.call = InstructionCall(self.task_engine)
         self.calls = 0
