@@ -113,3 +113,5 @@ def test_our_tag_after_prose_stands_for_the_fence() -> None:
                  reply="text")
     two.step()  # two tagged blocks: not a wrapper, so nothing is guessed; the check names what does not parse
     assert w.value == "def f(x):\n    return x\n" and "does not parse" in two.failures[-1].error
+    html = 'def f(x):\n    return "<value>" + x + "</value>"'
+    assert code_in_reply(html, "f") == html  # the tags of a string literal in the code are the code's own

@@ -25,6 +25,9 @@ RESERVED_TAGS = (
     "reasoning", "item", "text", "error", "report", "history", "document", "attack", "essay", "prompt",
     "rejected",
 )
+#: The tags an update request shows a parameter's value in (TGD's <value>, OptoPrime's <variable>, the JSON
+#: field's name): a small model copies them around its proposal.
+VALUE_TAGS = ("value", "variable", "new_value")
 _TAGS = "|".join(RESERVED_TAGS)
 _TAG_RE = re.compile(r"<(?=/?\s*(?:" + _TAGS + r")\b)", re.IGNORECASE)
 _AMP_RE = re.compile(r"&(?=(?:lt|amp);)", re.IGNORECASE)

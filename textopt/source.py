@@ -8,6 +8,7 @@ import sys
 import textwrap
 from typing import Any, Callable
 
+from .prompts import VALUE_TAGS
 from .variable import Variable
 
 
@@ -113,10 +114,11 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
 
 def code_in_reply(text: str, function_name: str) -> str:
     """The code a coder model meant in a reply: `extract_code` (the fenced block that defines
-    `function_name`, out of the prose around it), then without a top-level `if __name__ == "__main__":` block
+    `function_name`, out of the prose around it), out of a copied <value> tag block if any, then without a top-level `if __name__ == "__main__":` block
     or example calls such as `print(f(3))` after the code. Those never change what the function does, and a
     small model adds them often; a reply that does not parse is returned as it is, so the check can say why."""
     text = extract_code(text, function_name) if "```" in text else text
+    text = _untagged(text)
     try:
         tree = ast.parse(text)
     except SyntaxError:
@@ -127,6 +129,19 @@ def code_in_reply(text: str, function_name: str) -> str:
     lines = text.splitlines()
     gone = {i for n in drop for i in range(n.lineno - 1, (n.end_lineno or n.lineno))}
     return "\n".join(line for i, line in enumerate(lines) if i not in gone).rstrip()
+
+
+#: A block on lines of its own inside one of the update request's value tags: the 1.5B wrote prose and then
+#: `<value>` + the code with no fence, or the tag inside the fence (HumanEval/115 in workload (i)).
+_TAG_BLOCK = re.compile(r"^<(" + "|".join(VALUE_TAGS) + r")>[ \t]*\n?(.*?)\n?[ \t]*</\1>[ \t]*$", re.S | re.M)
+
+
+def _untagged(text: str) -> str:
+    """The code inside the one value-tag block of `text`, else `text` (two such blocks: nothing is guessed)."""
+    block = _TAG_BLOCK.search(text)
+    if block is None or text.count(f"<{block.group(1)}>") != 1:
+        return text
+    return block.group(2).strip("\n")
 
 
 def _is_example(node: ast.stmt) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from ..engines.base import Engine
 from ..optim.tgd import TGD
-from ..prompts import render, render_messages
+from ..prompts import RESERVED_TAGS, render, render_messages
 from ..variable import Variable
 from .buffer import GradientBuffer
 from .corpus import Example, split
@@ -321,8 +321,9 @@ class CoevolutionState:
         return out
 
 
-#: Tags of our requests (the update's and the critic's layout); a detector prompt holding one pasted its request.
-_REQUEST_TAG = re.compile(r"</?(?:value|new_value|feedback|variable|constraint|rejected|past|quote|report|example|prompt)>", re.I)
+#: Tags of our requests (our structure tags and the evidence block's <quote>); a detector prompt holding one
+#: that the current prompt does not pasted its request.
+_REQUEST_TAG = re.compile(r"</?(?:" + "|".join((*RESERVED_TAGS, "quote")) + r")>", re.I)
 #: Characters of a quoted training text that, found in a new detector prompt, mean it was pasted in.
 PASTE_CHARS = 40
 

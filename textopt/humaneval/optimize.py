@@ -157,9 +157,8 @@ async def aoptimize_code(
     added to the built-in one; memory=..., reply=..., max_tokens=...). With TGD and reply="text" the request is
     prompts/code_update.j2: the model may first say what the code does wrong on the failing check, then writes
     the program in one fenced block (the generic text prompt asks for the new value alone). keep_best: each
-    update starts from the
-    version that passed most checks so far, a worse one is dropped and named in the next request, and the
-    run ends on the best version (`CodeRun.final`).
+    update starts from the version that passed most checks so far, a worse one is dropped and named in the
+    next request, and the run ends on the best version (`CodeRun.final`).
     samples=k: each round of feedback gets up to k update calls from the same version and the same report,
     the first as usual, the others at `sample_temperature` (separate draws, see engines.cache.Draws); every
     proposal is tested and the round goes on from the one that passed most checks. Each call counts against

@@ -23,7 +23,7 @@ from ..backward import run_backward
 from ..context import resolve_backward_engine
 from ..errors import EngineError, EngineUnavailable, ParseError, UpdateError
 from ..module import Module, parameter_list
-from ..prompts import RESERVED_TAGS, elide, load_overrides, render_messages, unescape_tags, using_templates
+from ..prompts import RESERVED_TAGS, VALUE_TAGS, elide, load_overrides, render_messages, unescape_tags, using_templates
 from ..variable import Variable, missing_fields
 from .parse import parse_reply
 
@@ -383,7 +383,7 @@ def _unescape(value: Any) -> Any:
 _FENCED = re.compile(r"```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```", re.S)
 #: The tags an update prompt shows a value in; a proposal that opens one and never closes it copied the
 #: wrapping and was cut off or left it open (AEGIS on the 1.5B: `<value>` + the old prompt + the critique).
-_OPENING_TAG = re.compile(r"<(value|variable|new_value)>")
+_OPENING_TAG = re.compile(r"<(" + "|".join(VALUE_TAGS) + r")>")
 _WRAPPING_TAG = re.compile(r"<(" + "|".join(RESERVED_TAGS) + r")>(.*)</\1>", re.S)
 
 
@@ -418,15 +418,7 @@ def proposed_value(param: Variable, value: Any) -> Any:
     out of the prose around it, without example calls), before any check."""
     value = clean_value(value)
     normalize = getattr(param, "normalize", None)
-    if normalize is None or not isinstance(value, str):
-        return value
-    if "```" not in value:  # prose, then the code in one of our tags instead of a fence (the 1.5B, HumanEval/115)
-        tagged = _WRAPPING_TAG.search(value)
-        if tagged and value.count(f"<{tagged.group(1)}>") == 1:
-            value = tagged.group(2).strip("\n")
-    value = normalize(value)
-    inner = unwrap(value)  # the fence held our own tag too: ```python <value> ... </value> ```
-    return normalize(inner) if inner is not value else value
+    return normalize(value) if normalize is not None and isinstance(value, str) else value
 
 
 class Rejected(str):
