@@ -92,6 +92,44 @@ def test_async_metric_and_sync_forward_on_threads():
     assert elapsed < 16 * 0.02  # concurrent, not one after the other
 
 
+def test_a_nonblocking_metric_runs_on_the_loop_and_a_plain_sync_one_on_a_worker_thread():
+    """`to.nonblocking` saves the thread hop for quick metrics (textopt's own label and exact-match metrics
+    are marked); an unmarked sync metric may block (run code, call a model), so it stays off the loop."""
+    engine = echo_engine()
+    llm = to.LLM(engine)
+    seen: dict[str, set[int]] = {"marked": set(), "plain": set(), "label": set(), "loop": set()}
+
+    async def forward(ex):
+        seen["loop"].add(threading.get_ident())
+        return await llm.acall(to.Variable(ex.question, role="question"))
+
+    @to.nonblocking
+    def marked(ex, out):
+        seen["marked"].add(threading.get_ident())
+        return out.text == ex.answer
+
+    def plain(ex, out):
+        seen["plain"].add(threading.get_ident())
+        return out.text == ex.answer
+
+    label = to.datasets.label_metric(("yes", "no"))
+
+    def label_spy(ex, out):  # same mark as the built-in, so the spy is called where the built-in would be
+        seen["label"].add(threading.get_ident())
+        return label(ex, out)
+
+    label_spy.__textopt_nonblocking__ = label.__textopt_nonblocking__
+    exs = examples(6)
+    reports = [asyncio.run(aevaluate(forward, exs, m, concurrency=3)) for m in (marked, plain)]
+    asyncio.run(aevaluate(forward, [Ex("say yes", "yes")], label_spy))
+    assert len(seen["loop"]) == 1
+    assert seen["marked"] == seen["loop"] and seen["label"] == seen["loop"]
+    assert seen["plain"] and not seen["plain"] & seen["loop"]
+    expected = [0.0 if "odd" in ex.question else 1.0 for ex in exs]  # the echo engine gets 'odd' questions wrong
+    assert [r.score for r in reports[0].rows] == [r.score for r in reports[1].rows] == expected
+    assert to.nonblocking(plain) is plain  # the decorator returns the function itself
+
+
 def test_forward_errors_are_rows_scored_zero_and_counted():
     engine = echo_engine()
     llm = to.LLM(engine)

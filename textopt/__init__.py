@@ -21,6 +21,7 @@ from .loss import TextLoss
 from .ops import LLM, FormattedLLMCall, LLMCall, aggregate
 from .optim import TGD, Optimizer, OptoPrime, Proposal, StepReport, UpdateFailure
 from .trace import TraceError, trace
+from .usercall import nonblocking
 from .variable import Gradient, Variable  # noqa: F401  (Gradient: the old name of Feedback)
 
 __version__ = "0.1.0"
@@ -36,7 +37,7 @@ __all__ = [
     # composing: a pipeline whose trainable text is found, saved and loaded as one
     "Module",
     # evaluation and the runners (fit() / afit() -> result with .best, .history, .run_dir)
-    "evaluate", "aevaluate", "EvalReport", "Score", "Trainer", "History", "Search", "resume", "save", "load",
+    "evaluate", "aevaluate", "EvalReport", "Score", "nonblocking", "Trainer", "History", "Search", "resume", "save", "load",
     # errors
     "TextoptError", "GraphError", "EngineError", "ParseError", "UpdateError", "BudgetExceeded",
     # submodules, loaded on first touch: data sets, AEGIS co-evolution, the HumanEval code task ([code] extra)

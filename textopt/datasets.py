@@ -233,6 +233,7 @@ def label_metric(task: str | Sequence[str]) -> Callable[[Any, Any], Any]:
         return Score(value, why) if Score is not None else (value, why)
 
     metric.__name__ = f"label_metric_{'_'.join(labels)}"
+    metric.__textopt_nonblocking__ = True  # type: ignore[attr-defined]  # string work only: called on the loop (usercall.nonblocking)
     return metric
 
 

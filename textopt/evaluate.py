@@ -15,8 +15,6 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import functools
-import inspect
 import json
 import math
 import random
@@ -32,6 +30,8 @@ from .datasets import exact_match
 from .errors import BudgetExceeded, EngineUnavailable
 from .scores import Score, as_number
 from .trace import TraceError
+from . import usercall
+from .usercall import is_async, is_nonblocking
 from .variable import Variable
 
 #: Examples in flight when `concurrency` is None.
@@ -163,6 +163,7 @@ def bootstrap_ci(scores: Sequence[float], *, seed: int = 0, level: float = 0.95,
     return (min(low, mean), max(high, mean))
 
 
+@usercall.nonblocking
 def default_metric(example: Any, output: Variable) -> float | None:
     """Exact match against `example.answer` (or example["answer"]); None when the example has no answer."""
     answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
@@ -192,35 +193,22 @@ class Scored:
 
 
 class _Caller:
-    """Calls user functions that may be sync or async; sync ones go to a pool of `workers` threads
-    (with the caller's contextvars, so usage tracking and `to.using` follow them)."""
+    """Calls user functions that may be sync or async (usercall.call); sync ones not marked `nonblocking`
+    go to a pool of `workers` threads, made on first need."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: Any = None
 
     async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if _is_async(fn):
-            result = await fn(*args)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="textopt-eval")
-            ctx = contextvars.copy_context()
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn, *args))
-        while inspect.isawaitable(result):
-            result = await result
-        return result
+        if self._pool is None and not is_async(fn) and not is_nonblocking(fn):
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="textopt-eval")
+        return await usercall.call(fn, *args, pool=self._pool)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-
-
-def _is_async(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 async def score_examples(
@@ -250,7 +238,7 @@ async def score_examples(
                 raise TypeError(f"forward must return a textopt Variable (or str), got {type(out).__name__}")
             started = time.perf_counter()
             try:
-                raw = default_metric(example, out) if metric is default_metric else await call(metric, example, out)
+                raw = await call(metric, example, out)
                 value, feedback = as_score(raw)
             except Exception as exc:
                 exc.add_note(f"textopt: the metric failed on example {i} ({_short(example)})")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import json
 import math
 import random
@@ -31,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from ._sync import sync_twin
 from .datasets import exact_match
 from .errors import BudgetExceeded, EngineError
-from .evaluate import aevaluate
+from .evaluate import aevaluate, default_metric
+from .usercall import call as _call
 from .ops.sum import aggregate
 from .optim.base import Optimizer
 from .run import CHECKPOINT, SPEC, Budgets, Callback, History, Progress, Run, RunError, read_spec, usage_columns
@@ -51,30 +51,10 @@ Loss = Callable[[Any, Variable], "Variable | Awaitable[Variable]"]
 Metric = Callable[[Any, Variable], "float | None"]
 
 
-def default_metric(example: Any, output: Variable) -> float | None:
-    """Exact match against `example.answer` (or example["answer"]); None when the example has no answer."""
-    answer = example.get("answer") if isinstance(example, dict) else getattr(example, "answer", None)
-    if answer is None:
-        return None
-    return float(exact_match(output.text, str(answer)))
-
-
 def fingerprint(examples: Sequence[Any]) -> str:
     """A stable hash of a data set, so a resumed run can tell it got the same data."""
     blob = json.dumps([repr(e) for e in examples], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a user function that may be async, sync, or sync returning an awaitable.
-    Sync functions run in a worker thread so that a batch still runs concurrently."""
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
-        result = await fn(*args)
-    else:
-        result = await asyncio.to_thread(fn, *args)
-    while inspect.isawaitable(result):
-        result = await result
-    return result
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

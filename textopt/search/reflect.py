@@ -3,12 +3,12 @@ contract (`abackward`), and the proposer rewrites one parameter (`astep(params=[
 the values already sampled named as rejected, for further samples)."""
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..errors import EngineError, EngineUnavailable, ParseError
-from ..evaluate import Scored, _is_async
+from ..evaluate import Scored
+from ..usercall import call as _call
 from ..optim import TGD, OptoPrime
 from ..optim.base import proposed_value
 from ..prompts import render
@@ -152,8 +152,3 @@ def default_feedback(example: Any, score: float | None, best: float | None) -> s
                   perfect=score is not None and score >= top, answer=answer)
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    result = await fn(*args) if _is_async(fn) else await asyncio.to_thread(fn, *args)
-    while asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-        result = await result
-    return result
