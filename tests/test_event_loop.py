@@ -183,6 +183,25 @@ def test_identical_requests_in_flight_make_one_provider_call(tmp_path):
     assert len(eng.calls) == 3
 
 
+def test_when_the_first_of_identical_callers_is_cancelled_the_others_still_get_their_reply(tmp_path):
+    """The first caller's cancellation cancels its call (as with the cache off); those waiting on it make
+    the call themselves, once between them, instead of inheriting the cancellation."""
+    eng = to.ScriptedEngine(lambda m: "reply to " + m[-1]["content"], latency=0.3, cache=DiskCache(tmp_path))
+
+    async def scene() -> list[to.Completion]:
+        first = asyncio.ensure_future(asyncio.wait_for(eng.acomplete(MSG), 0.1))
+        await asyncio.sleep(0.02)
+        others = [asyncio.ensure_future(eng.acomplete(MSG)) for _ in range(2)]
+        with pytest.raises(asyncio.TimeoutError):
+            await first
+        return await asyncio.gather(*others)
+
+    out = asyncio.run(scene())
+    assert [c.text for c in out] == ["reply to q"] * 2
+    assert len(eng.calls) == 2  # the cancelled one, and one for both waiters
+    assert sorted(c.cached for c in out) == [False, True]
+
+
 def test_with_the_cache_off_identical_requests_are_separate_samples():
     eng = to.ScriptedEngine("x", latency=0.05, cache=False)
 

@@ -12,27 +12,44 @@ T = TypeVar("T")
 
 
 class InFlight(Generic[T]):
-    """`await run(key, make)`: the first caller for `key` runs `make()`; callers arriving before it is done
-    await the same task. A cancelled waiter doesn't cancel the shared call (its result still gets cached)."""
+    """`await run(key, make)`: the first caller for `key` runs `make()` in its own task; callers arriving
+    before it is done wait for its result. No extra task per call (this is on every cached call's path).
+
+    A waiter that is cancelled leaves the call alone. A first caller that is cancelled cancels its call, as
+    any caller's cancellation does with the cache off; the callers waiting on it then make the call
+    themselves (the first of them runs it, the others wait on that one), so none of them loses its result."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, asyncio.Task[T]] = {}
+        self._calls: dict[str, asyncio.Future[T]] = {}
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._calls)
 
     async def run(self, key: str, make: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The result and whether it came from another caller's call."""
-        task = self._tasks.get(key)
-        shared = task is not None and task.get_loop() is asyncio.get_running_loop()
-        if task is None or not shared:
-            task = asyncio.ensure_future(make())
-            self._tasks[key] = task
-            task.add_done_callback(lambda t: self._done(key, t))
-        return await asyncio.shield(task), shared
-
-    def _done(self, key: str, task: asyncio.Task[T]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so no "Task exception was never retrieved" if every waiter left
+        loop = asyncio.get_running_loop()
+        while (shared := self._calls.get(key)) is not None and shared.get_loop() is loop:
+            try:
+                return await asyncio.shield(shared), True
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if shared.cancelled() and (task is None or not task.cancelling()):
+                    continue  # the first caller was cancelled, not this one: make the call here
+                raise
+        mine: asyncio.Future[T] = loop.create_future()
+        self._calls[key] = mine
+        try:
+            result = await make()
+        except BaseException as exc:
+            if self._calls.get(key) is mine:
+                del self._calls[key]
+            if isinstance(exc, asyncio.CancelledError):
+                mine.cancel()
+            else:
+                mine.set_exception(exc)
+                mine.exception()  # retrieved here: no "exception was never retrieved" when nobody waited
+            raise
+        if self._calls.get(key) is mine:
+            del self._calls[key]
+        mine.set_result(result)
+        return result, False
