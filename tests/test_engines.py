@@ -85,11 +85,34 @@ def test_concurrent_sampled_requests_are_not_merged_in_flight(tmp_path):
     assert len(set(sampled)) == 4 and len(greedy) == 1 and calls == 5
 
 
+def test_cache_entries_are_served_at_once_and_on_disk_after_flush(tmp_path):
+    cache = DiskCache(tmp_path)
+    entries = {f"{i:02x}" + "ab" * 31: {"text": f"reply {i}"} for i in range(50)}
+    for key, value in entries.items():
+        cache.set(key, value)
+        assert cache.get(key) == value  # before the writer thread got to it, or after: the same entry
+    cache.flush()
+    assert not cache._pending and len(list(tmp_path.glob("*/*.json"))) == 50
+    assert DiskCache(tmp_path).get(next(iter(entries))) == {"text": "reply 0"}  # a fresh reader sees the file
+
+
+def test_an_unwritable_cache_warns_once_and_the_calls_go_on(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    eng = to.ScriptedEngine(lambda m: "reply " + m[-1]["content"], cache=DiskCache(blocker))
+    with pytest.warns(RuntimeWarning, match="could not write the completion cache") as caught:
+        assert [eng.complete([{"role": "user", "content": q}]).text for q in "ab"] == ["reply a", "reply b"]
+        eng.cache.flush()
+    assert len([w for w in caught if "completion cache" in str(w.message)]) == 1
+    assert not eng.cache._pending and blocker.read_text().startswith("a file")
+
+
 def test_torn_cache_file_is_a_miss(tmp_path):
     cache = DiskCache(tmp_path)
     eng = to.ScriptedEngine("fresh", cache=cache)
     msgs = [{"role": "user", "content": "q"}]
     eng.complete(msgs)
+    cache.flush()  # entries are written by a background thread
     [entry] = list(tmp_path.glob("*/*.json"))
     entry.write_text('{"text": "trunc')
     assert eng.complete(msgs).text == "fresh" and len(eng.calls) == 2
