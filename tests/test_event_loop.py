@@ -227,6 +227,41 @@ def test_cancelling_an_async_caller_cancels_its_call_on_the_textopt_loop():
     assert eng._in_flight == 0 and time.perf_counter() - start < 2
 
 
+def test_bursts_of_hand_overs_from_several_loops_each_get_their_own_reply():
+    """Hand-overs to the textopt loop are batched per loop (one wake-up per burst): under load from four
+    user loops at once, every caller still gets the reply to its own request, errors included."""
+    def reply(messages):
+        q = messages[-1]["content"]
+        if q.endswith("7"):
+            raise ValueError(f"no reply to {q}")
+        return "re: " + q
+
+    eng = to.ScriptedEngine(reply, cache=False, max_concurrency=64)
+    results: dict[int, list[str]] = {}
+
+    def user(n: int) -> None:
+        async def burst() -> list[str]:
+            async def one(i: int) -> str:
+                try:
+                    return (await eng.acomplete([{"role": "user", "content": f"{n}-{i}"}])).text
+                except to.EngineError as exc:
+                    return f"error: {exc}"
+            return await asyncio.gather(*(one(i) for i in range(150)))
+        results[n] = asyncio.run(burst())
+
+    threads = [threading.Thread(target=user, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for n in range(4):
+        for i, text in enumerate(results[n]):
+            if str(i).endswith("7"):
+                assert text.startswith("error:") and f"{n}-{i}" in text
+            else:
+                assert text == f"re: {n}-{i}"
+
+
 def test_usage_trackers_count_calls_made_in_threads_and_on_other_loops():
     eng = to.ScriptedEngine("abcd")
     with to.track_usage() as usage:

@@ -14,6 +14,7 @@ import contextvars
 import functools
 import os
 import threading
+import weakref
 from typing import Any, Callable, Coroutine, TypeVar
 
 T = TypeVar("T")
@@ -106,7 +107,11 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 async def run_on_textopt_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Await `coro` on the textopt loop from any loop: directly when already there, else handed over (with
-    the caller's contextvars) and awaited without blocking the caller's loop. Cancelling the caller cancels it."""
+    the caller's contextvars) and awaited without blocking the caller's loop. Cancelling the caller cancels it.
+
+    Every engine call from a user's own loop comes through here, so the hand-over is kept cheap: no
+    concurrent.futures.Future per call, and each loop is woken once per batch of hand-overs, not per call
+    (`_Mailbox`)."""
     loop = textopt_loop()
     try:
         running = asyncio.get_running_loop()
@@ -114,8 +119,92 @@ async def run_on_textopt_loop(coro: Coroutine[Any, Any, T]) -> T:
         running = None
     if running is loop:
         return await coro
-    # call_soon_threadsafe (inside run_coroutine_threadsafe) runs the task in a copy of this context
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+    if running is None:  # not in a coroutine driven by an asyncio loop: the old, general path
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+    waiter: asyncio.Future[T] = running.create_future()
+    reply_to = _mailbox(running)
+    started: list[asyncio.Task[T]] = []
+
+    def start() -> None:
+        if waiter.cancelled():  # the caller gave up before the work began
+            coro.close()
+            return
+        task = loop.create_task(coro, context=ctx)
+        started.append(task)
+        task.add_done_callback(lambda t: reply_to.post(_deliver, t, waiter))
+
+    ctx = contextvars.copy_context()
+    _mailbox(loop).post(start)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        _mailbox(loop).post(lambda: [t.cancel() for t in started])
+        raise
+
+
+def _deliver(task: asyncio.Task[T], waiter: asyncio.Future[T]) -> None:
+    """On the caller's loop: the finished task's outcome into the caller's future."""
+    if waiter.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller left, nobody else will
+        return
+    if task.cancelled():
+        waiter.cancel()
+    elif task.exception() is not None:
+        waiter.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        waiter.set_result(task.result())
+
+
+class _Mailbox:
+    """Callbacks for one loop, posted from other threads: the loop is woken (a write to its self-pipe) only
+    when the box goes from empty to not empty, so a burst of hand-overs costs one wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # weak: the box lives in a WeakKeyDictionary keyed by this loop
+        self._items: list[Callable[[], Any] | tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+        self._armed = False
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop()
+        with self._lock:
+            if loop is None or loop.is_closed():  # nobody is waiting there any more
+                self._items.clear()
+                return
+            self._items.append((fn, args))
+            if self._armed:
+                return
+            self._armed = True
+        try:
+            loop.call_soon_threadsafe(self._drain, context=_EMPTY_CONTEXT)
+        except RuntimeError:  # closed in the meantime
+            with self._lock:
+                self._items.clear()
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items, self._armed = self._items, [], False
+        for fn, args in items:  # type: ignore[misc]
+            try:
+                fn(*args)
+            except Exception as exc:  # one bad callback must not lose the others' results
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "textopt hand-over callback failed", "exception": exc})
+
+
+_EMPTY_CONTEXT = contextvars.Context()
+_mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    box = _mailboxes.get(loop)
+    if box is None:
+        with _lock:
+            box = _mailboxes.get(loop)
+            if box is None:
+                box = _mailboxes[loop] = _Mailbox(loop)
+    return box
 
 
 async def _guarded(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
