@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import textopt as to
-from textopt._sync import LoopReentryError, run_sync, textopt_loop
+from textopt._sync import LoopReentryError, _mailbox, run_sync, textopt_loop
 from textopt.engines.cache import DiskCache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,6 +260,52 @@ def test_bursts_of_hand_overs_from_several_loops_each_get_their_own_reply():
                 assert text.startswith("error:") and f"{n}-{i}" in text
             else:
                 assert text == f"re: {n}-{i}"
+
+
+def test_mailboxes_of_two_loops_posting_to_each_other_never_lose_a_wake_up():
+    """Two loops drain their boxes at the same time in two threads (a tiny switch interval makes the GIL
+    change hands inside a drain): every callback runs, none waits for a wake-up that was lost."""
+    n = 400
+    counts = {"a": 0, "b": 0}
+    loops: dict[str, asyncio.AbstractEventLoop] = {}
+    ready = threading.Barrier(3)
+    done = {name: threading.Event() for name in "ab"}
+
+    def bump(name: str) -> None:
+        counts[name] += 1
+        time.sleep(0.0002)  # let go of the GIL inside a drain, so the two loops drain at the same time
+        if counts[name] == n:
+            done[name].set()
+
+    def side(me: str, other: str) -> None:
+        loop = asyncio.new_event_loop()
+        loops[me] = loop
+
+        async def main() -> None:
+            ready.wait()
+            box = _mailbox(loops[other])
+            for i in range(n):
+                box.post(bump, other)
+                if i % 20 == 0:
+                    await asyncio.sleep(0)
+            while not (done["a"].is_set() and done["b"].is_set()):
+                await asyncio.sleep(0.01)
+
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+        loop.close()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=side, args=pair) for pair in (("a", "b"), ("b", "a"))]
+        for t in threads:
+            t.start()
+        ready.wait()
+        for t in threads:
+            t.join(30)
+    finally:
+        sys.setswitchinterval(old)
+    assert counts == {"a": n, "b": n}
 
 
 def test_usage_trackers_count_calls_made_in_threads_and_on_other_loops():

@@ -177,7 +177,7 @@ class _Mailbox:
                 return
             self._armed = True
         try:
-            loop.call_soon_threadsafe(self._drain, context=_EMPTY_CONTEXT)
+            loop.call_soon_threadsafe(self._drain)  # in a fresh copy of a context: one Context can't run in two threads
         except RuntimeError:  # closed in the meantime
             with self._lock:
                 self._items.clear()
@@ -193,7 +193,6 @@ class _Mailbox:
                     {"message": "textopt hand-over callback failed", "exception": exc})
 
 
-_EMPTY_CONTEXT = contextvars.Context()
 _mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
 
 
