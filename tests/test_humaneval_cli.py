@@ -85,8 +85,22 @@ def events(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+# JSON replies and one proposal per report: the scripted model answers in TGD's JSON, one update at a time (the
+# defaults, text replies and 3 samples, have their own test below)
 ARGS = ["optimize", "--task", "humaneval", "--engine", "fake", "--ids", "HumanEval/0,HumanEval/2,HumanEval/3",
-        "--updates", "2"]
+        "--updates", "2", "--update-format", "json", "--samples", "1"]
+
+
+def test_the_code_defaults_are_the_setting_that_fixed_problems_in_workload_i():
+    """TGD with text replies (so prompts/code_update.j2) and 3 samples per test report; the prompt job keeps
+    JSON replies. A flag given still wins."""
+    from textopt.recipes.humaneval_job import resolve_code_args
+    from textopt.recipes.prompt_job import resolve_args
+
+    a = resolve_code_args({"update_format": None, "samples": None})
+    assert (a["optimizer"], a["update_format"], a["samples"], a["updates"]) == ("tgd", "text", 3, 3)
+    assert resolve_code_args({"update_format": "json", "samples": 1})["update_format"] == "json"
+    assert resolve_args({"task": "sentiment", "update_format": None})["update_format"] == "json"
 
 
 @needs_data
@@ -333,7 +347,7 @@ def test_the_code_job_follows_the_run_protocol_best_is_each_problems_final_code(
     from textopt.run import FitResult
 
     run = tmp_path / "run"
-    spec = {"recipe": "humaneval", "args": {"engine": "fake", "ids": "0,2", "updates": 1}}
+    spec = {"recipe": "humaneval", "args": {"engine": "fake", "ids": "0,2", "updates": 1, "update_format": "json", "samples": 1}}
     result = recipes.build(spec, run_dir=run, progress=False).fit()
     assert isinstance(result, FitResult) and result.run_dir == str(run) == result.summary["run_dir"]
     assert json.loads(json.dumps(result.summary)) == json.loads((run / "result.json").read_text())

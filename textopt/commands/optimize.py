@@ -67,9 +67,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--proposer", choices=("tgd", "optoprime"), default=D["proposer"],
                    help="--optimizer search: what writes each proposal, TGD (feedback, then an update) or OptoPrime "
                         "(one call that sees the calls and their feedback) (default: tgd)")
-    p.add_argument("--update-format", choices=("json", "text"), default=D["update_format"],
+    p.add_argument("--update-format", choices=("json", "text"), default=None,
                    help="TGD's update reply: json (reasoning and the new value, under the engine's JSON grammar) or "
-                        "text (the new value alone, plain text; no grammar for a small model to fight) (default: json)")
+                        "text (the new value alone, plain text; no grammar for a small model to fight) (default: "
+                        f"{D['update_format']}; {C['update_format']} with --task humaneval)")
     p.add_argument("--concurrency", type=int, default=None,
                    help=f"forward passes in flight per batch (default: {D['concurrency']})")
     p.add_argument("--budget-tokens", type=int, default=None, help="stop cleanly once this many paid tokens are spent")

@@ -46,14 +46,16 @@ if TYPE_CHECKING:
     from ..humaneval import Attempt, CodeRun, Problem
 
 RECIPE = "humaneval"
-#: The recipe's arguments and their defaults (None: filled by `resolve_code_args`). max_tokens caps the first
+#: The recipe's arguments and their defaults (None: filled by `resolve_code_args`). TGD with text replies (and
+#: so prompts/code_update.j2) and 3 samples from one test report: the only setting of workload (i) that fixed
+#: problems (BENCHMARKS.md, issue 26); JSON replies cost the 1.5B its docstrings. max_tokens caps the first
 #: attempt: on a 10-problem sample the 1.5B's longest whole reply was 1,551 characters (about 450 tokens), and
 #: a looping reply at 1,024 tokens cost minutes per problem on 2 cores.
 CODE_DEFAULTS: dict[str, Any] = {
     "engine": "local:qwen2.5-coder-1.5b", "backward_engine": None, "base_url": None, "task": "humaneval",
-    "optimizer": "tgd", "proposer": "tgd", "updates": 3, "samples": 1, "problems": None, "ids": None, "seed": 0,
+    "optimizer": "tgd", "proposer": "tgd", "updates": 3, "samples": 3, "problems": None, "ids": None, "seed": 0,
     "timeout": 10.0,
-    "max_tokens": 512, "update_tokens": 1024, "update_format": "json", "budget_tokens": None, "budget_calls": None,
+    "max_tokens": 512, "update_tokens": 1024, "update_format": "text", "budget_tokens": None, "budget_calls": None,
     "budget_usd": None, "latency": 0.0, "no_cache": False,
 }
 OPTIMIZERS = ("tgd", "optoprime", "search")
