@@ -652,6 +652,44 @@ def finalize(res: dict[str, Any]) -> None:
     res["versus"] = versus(res["ids"], res["first_attempts"], rows)
 
 
+def merge_runs(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs on different problems with the same settings but the subset (e.g. a first 20 and
+    20 more): problems in order of the parts; a framework is kept only if every problem has its row, and a
+    later part's row for a problem replaces an earlier one (a rerun after a fix). The first attempts of a
+    problem must be the same code in every part that has it."""
+    if not parts:
+        raise ValueError("--merge needs at least one results.json")
+    keys = ("model", "updates", "draft_tokens", "update_tokens", "aux_tokens", "test_timeout")
+    base = {k: parts[0]["settings"][k] for k in keys}
+    ids: list[str] = []
+    firsts: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for i, part in enumerate(parts):
+        other = {k: part["settings"][k] for k in keys}
+        if other != base:
+            raise ValueError(f"part {i + 1} ran with other settings: {other} against {base}")
+        for task_id in part["ids"]:
+            first = part.get("first_attempts", {}).get(task_id)  # a trimmed rerun file may leave them out
+            if first is None:
+                if task_id not in firsts:
+                    raise ValueError(f"part {i + 1} has no first attempt at {task_id}, and no earlier part has one")
+                continue
+            if task_id in firsts and firsts[task_id]["code"] != first["code"]:
+                raise ValueError(f"part {i + 1} has another first attempt at {task_id}")
+            if task_id not in firsts:
+                ids.append(task_id)
+                firsts[task_id] = first
+        for name, fw in part["frameworks"].items():
+            rows.setdefault(name, {}).update(fw["problems"])
+    complete = {name: r for name, r in rows.items() if set(ids) <= set(r)}
+    res = {"meta": {"merged_from": [p["meta"] for p in parts], "model": parts[0]["meta"].get("model")},
+           "settings": {**base, "ids": ids, "n": None, "seed": None}, "ids": ids, "first_attempts": firsts,
+           "frameworks": {name: {"problems": {i: r[i] for i in ids}} for name, r in complete.items()},
+           "dropped": sorted(set(rows) - set(complete))}
+    finalize(res)
+    return res
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=None, help=f"problems in the seeded subset (default {DEFAULTS['n']})")
@@ -671,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "instead of starting llama.cpp; requests name --model")
     ap.add_argument("--model", default=MODEL_ALIAS, help="model name in requests (the alias of the started server)")
     ap.add_argument("--cache", default=str(HERE / ".cache"), help="folder of the peers' venvs (benchmarks/run.py's)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="no run: merge these results.json of runs on different problems (later parts replace earlier "
+                         "rows) into --out's results.json and table.md")
     ap.add_argument("--smoke", action="store_true", help="a quick end-to-end check: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items())
                     + " (each overridable)")
     return ap
@@ -705,6 +746,17 @@ def resolve(args: argparse.Namespace) -> tuple[list["Problem"], Settings, list[s
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.merge:
+        try:
+            merged = merge_runs([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.merge])
+        except (OSError, ValueError, KeyError) as exc:
+            ap.error(f"--merge: {exc}")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "results.json", merged)
+        (out / "table.md").write_text(markdown(merged), encoding="utf-8")
+        print(markdown(merged))
+        return 0
     try:
         problems, settings, frameworks = resolve(args)
     except (ValueError, KeyError) as exc:

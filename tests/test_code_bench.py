@@ -141,6 +141,33 @@ def test_summary_pass_rates_gain_and_versus():
     assert "HumanEval/4, HumanEval/5" in md
 
 
+def test_merge_joins_runs_on_other_problems_and_a_later_row_replaces_an_earlier_one():
+    settings = {"model": "coder", "updates": 3, "draft_tokens": 512, "update_tokens": 1024, "aux_tokens": 512,
+                "test_timeout": 10.0}
+
+    def part(ids, rows, *, firsts=True, draft="code"):
+        first = {i: {"code": f"{draft} {i}", "passed": False} for i in ids}
+        return {"meta": {"model": "m"}, "settings": {**settings, "ids": ids, "n": None, "seed": None}, "ids": ids,
+                **({"first_attempts": first} if firsts else {}),
+                "frameworks": {name: {"problems": {i: {**cb.empty_row(i), "passed": ok} for i, ok in r.items()}}
+                               for name, r in rows.items()}}
+
+    a = part(["HumanEval/1", "HumanEval/2"], {"textopt-tgd-fix": {"HumanEval/1": False, "HumanEval/2": False},
+                                              "trace": {"HumanEval/1": True, "HumanEval/2": False},
+                                              "textopt-tgd": {"HumanEval/1": False, "HumanEval/2": False}})
+    rerun = part(["HumanEval/1", "HumanEval/2"], {"textopt-tgd-fix": {"HumanEval/2": True}}, firsts=False)
+    b = part(["HumanEval/3"], {"textopt-tgd-fix": {"HumanEval/3": True}, "trace": {"HumanEval/3": False}})
+    merged = cb.merge_runs([a, rerun, b])
+    assert merged["ids"] == ["HumanEval/1", "HumanEval/2", "HumanEval/3"]
+    assert merged["dropped"] == ["textopt-tgd"]  # it has no row for HumanEval/3
+    assert merged["summary"]["textopt-tgd-fix"]["fixed"] == ["HumanEval/2", "HumanEval/3"]  # the rerun's row won
+    assert merged["summary"]["trace"]["fixed"] == ["HumanEval/1"] and merged["summary"]["trace"]["after"]["k"] == 1
+    with pytest.raises(ValueError, match="another first attempt at HumanEval/1"):
+        cb.merge_runs([a, part(["HumanEval/1"], {}, draft="other")])
+    with pytest.raises(ValueError, match="other settings"):
+        cb.merge_runs([a, {**b, "settings": {**b["settings"], "updates": 5}}])
+
+
 def test_finish_row_counts_at_the_proxy_and_flags_over_budget():
     stats = {"t.HumanEval-1.update": SimpleNamespace(calls=4, prompt_tokens=100, completion_tokens=20),
              "t.HumanEval-1.other": SimpleNamespace(calls=2, prompt_tokens=30, completion_tokens=5)}
