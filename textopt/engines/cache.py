@@ -142,41 +142,51 @@ class DiskCache:
 
 class _Writer:
     """The process's cache-writing thread, started on the first write. A daemon (it never keeps a process
-    alive), flushed at interpreter exit, and forgotten in a forked child (the parent writes its entries)."""
+    alive), flushed at interpreter exit, and forgotten in a forked child (the parent writes its entries).
+    No lock on the way in: a put is one C-level queue append; `flush` queues a marker and waits for it."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[DiskCache, str, bytes] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[DiskCache, str, bytes] | threading.Event] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._waiting = 0  # handed over, not yet written
         self._thread: threading.Thread | None = None
 
     def put(self, cache: DiskCache, key: str, data: bytes) -> None:
-        with self._lock:
-            self._waiting += 1
-            if self._thread is None:
-                if not _exit_hook:
-                    atexit.register(_flush_at_exit)
-                    _exit_hook.append(True)
-                self._thread = threading.Thread(target=self._run, name="textopt-cache-writer", daemon=True)
-                self._thread.start()
+        if self._thread is None:
+            self._start()
         self._queue.put((cache, key, data))
 
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            if not _exit_hook:
+                atexit.register(_flush_at_exit)
+                _exit_hook.append(True)
+            thread = threading.Thread(target=self._run, name="textopt-cache-writer", daemon=True)
+            thread.start()
+            self._thread = thread
+
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             cache, key, data = item
             try:
                 cache._write(key, data)
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-                    if not self._waiting:
-                        self._idle.notify_all()
+            except BaseException:  # noqa: BLE001  # _write reports OSError itself; anything else must not stop the thread
+                with contextlib.suppress(KeyError):
+                    if cache._pending.get(key) is data:
+                        del cache._pending[key]
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every entry handed over is written; False if `timeout` passed first."""
-        with self._lock:
-            return self._idle.wait_for(lambda: not self._waiting, timeout)
+        """Wait until every entry handed over before this call is written; False if `timeout` passed first."""
+        if self._thread is None:
+            return True
+        marker = threading.Event()
+        self._queue.put(marker)  # FIFO: set once everything queued before it is done
+        return marker.wait(timeout)
 
     def after_fork(self) -> None:
         self.__init__()  # type: ignore[misc]  # the thread and its queue stay with the parent
