@@ -115,3 +115,25 @@ def test_our_tag_after_prose_stands_for_the_fence() -> None:
     assert w.value == "def f(x):\n    return x\n" and "does not parse" in two.failures[-1].error
     html = 'def f(x):\n    return "<value>" + x + "</value>"'
     assert code_in_reply(html, "f") == html  # the tags of a string literal in the code are the code's own
+
+
+def test_optoprime_applies_code_under_an_opening_variable_tag_never_closed() -> None:
+    """The 1.5B opened OptoPrime's <variable> above the whole program and never closed it (8 refused proposals
+    on workload (i)'s 40 problems). For code the opening line is dropped; a prompt value keeps the refusal."""
+    import json
+
+    @to.trace
+    def run_it(code: str) -> str:
+        """Stands for the tests of the code."""
+        return "f(1) returned 1"
+
+    v = code_var()
+    out = run_it(v)
+    reply = json.dumps({"suggestion": {"code_f": f"<variable>\n{FIXED}\n"}, "reasoning": "add one"})
+    opt = to.OptoPrime([v], engine=to.ScriptedEngine(reply))
+    opt.backward(out, "expected 2")
+    opt.step()
+    assert opt.failures == [] and v.value == FIXED
+    assert code_in_reply(f"<value>\n{FIXED}\n", "f") == FIXED
+    kept = f'def f(x):\n    return "<value>" + x\n'
+    assert code_in_reply(kept, "f") == kept  # not a first line of its own: the code's own text

@@ -136,8 +136,16 @@ def code_in_reply(text: str, function_name: str) -> str:
 _TAG_BLOCK = re.compile(r"^<(" + "|".join(VALUE_TAGS) + r")>[ \t]*\n?(.*?)\n?[ \t]*</\1>[ \t]*$", re.S | re.M)
 
 
+_OPEN_FIRST_LINE = re.compile(r"\A\s*<(" + "|".join(VALUE_TAGS) + r")>[ \t]*\n")
+
+
 def _untagged(text: str) -> str:
-    """The code inside the one value-tag block of `text`, else `text` (two such blocks: nothing is guessed)."""
+    """The code inside the one value-tag block of `text`, else `text` (two such blocks: nothing is guessed).
+    A first line that is only an opening value tag never closed is dropped: the 1.5B opens OptoPrime's
+    `<variable>` above the whole program and never closes it (8 proposals of workload (i)'s 40 problems)."""
+    first = _OPEN_FIRST_LINE.match(text)
+    if first and f"</{first.group(1)}>" not in text:
+        return text[first.end():].strip("\n")
     block = _TAG_BLOCK.search(text)
     if block is None or text.count(f"<{block.group(1)}>") != 1:
         return text
