@@ -75,8 +75,8 @@ def test_our_own_structure_tag_around_a_proposal_is_removed(tag: str) -> None:
     assert unwrap("<foo>a</foo>") == "<foo>a</foo>"  # not one of ours: the value's own text
 
 
-def test_optoprime_applies_code_wrapped_in_its_variable_tag() -> None:
-    """The 1.5B copied OptoPrime's <variable> tag around its code in workload (i) (BENCHMARKS)."""
+def optoprime_step(suggested_code: str) -> tuple[CodeVariable, to.OptoPrime]:
+    """One OptoPrime step on f's code through a traced stand-in for its tests, the model suggesting this code."""
     import json
 
     @to.trace
@@ -86,10 +86,16 @@ def test_optoprime_applies_code_wrapped_in_its_variable_tag() -> None:
 
     v = code_var()
     out = run_it(v)
-    reply = json.dumps({"suggestion": {"code_f": f"<variable>\n{FIXED}\n</variable>"}, "reasoning": "add one"})
+    reply = json.dumps({"suggestion": {"code_f": suggested_code}, "reasoning": "add one"})
     opt = to.OptoPrime([v], engine=to.ScriptedEngine(reply))
     opt.backward(out, "expected 2")
     opt.step()
+    return v, opt
+
+
+def test_optoprime_applies_code_wrapped_in_its_variable_tag() -> None:
+    """The 1.5B copied OptoPrime's <variable> tag around its code in workload (i) (BENCHMARKS)."""
+    v, opt = optoprime_step(f"<variable>\n{FIXED}\n</variable>")
     assert opt.failures == [] and v.value == FIXED
 
 
@@ -120,19 +126,7 @@ def test_our_tag_after_prose_stands_for_the_fence() -> None:
 def test_optoprime_applies_code_under_an_opening_variable_tag_never_closed() -> None:
     """The 1.5B opened OptoPrime's <variable> above the whole program and never closed it (8 refused proposals
     on workload (i)'s 40 problems). For code the opening line is dropped; a prompt value keeps the refusal."""
-    import json
-
-    @to.trace
-    def run_it(code: str) -> str:
-        """Stands for the tests of the code."""
-        return "f(1) returned 1"
-
-    v = code_var()
-    out = run_it(v)
-    reply = json.dumps({"suggestion": {"code_f": f"<variable>\n{FIXED}\n"}, "reasoning": "add one"})
-    opt = to.OptoPrime([v], engine=to.ScriptedEngine(reply))
-    opt.backward(out, "expected 2")
-    opt.step()
+    v, opt = optoprime_step(f"<variable>\n{FIXED}\n")
     assert opt.failures == [] and v.value == FIXED
     assert code_in_reply(f"<value>\n{FIXED}\n", "f") == FIXED
     kept = f'def f(x):\n    return "<value>" + x\n'
