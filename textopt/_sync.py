@@ -162,7 +162,7 @@ class _Mailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)  # weak: the box lives in a WeakKeyDictionary keyed by this loop
-        self._items: list[Callable[[], Any] | tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._items: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._lock = threading.Lock()
         self._armed = False
 
@@ -185,7 +185,7 @@ class _Mailbox:
     def _drain(self) -> None:
         with self._lock:
             items, self._items, self._armed = self._items, [], False
-        for fn, args in items:  # type: ignore[misc]
+        for fn, args in items:
             try:
                 fn(*args)
             except Exception as exc:  # one bad callback must not lose the others' results

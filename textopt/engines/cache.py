@@ -15,8 +15,8 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import queue
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -139,7 +139,6 @@ class DiskCache:
         return sum(1 for _ in self.path.glob("*/*.json"))
 
 
-
 class _Writer:
     """The process's cache-writing thread, started on the first write. A daemon (it never keeps a process
     alive), flushed at interpreter exit, and forgotten in a forked child (the parent writes its entries).
@@ -173,12 +172,8 @@ class _Writer:
                 item.set()
                 continue
             cache, key, data = item
-            try:
-                cache._write(key, data)
-            except BaseException:  # noqa: BLE001  # _write reports OSError itself; anything else must not stop the thread
-                with contextlib.suppress(KeyError):
-                    if cache._pending.get(key) is data:
-                        del cache._pending[key]
+            with contextlib.suppress(Exception):  # _write reports OSError and clears the entry itself;
+                cache._write(key, data)  # nothing else may stop the thread (flush would wait forever)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every entry handed over before this call is written; False if `timeout` passed first."""
