@@ -159,6 +159,23 @@ def test_budget_exceeded_is_not_swallowed():
         evaluate(forward, examples(3))
 
 
+def test_a_stop_signal_cancels_the_calls_in_flight_and_starts_no_more():
+    started, finished = [], []
+
+    async def forward(ex):
+        started.append(ex.question)
+        if ex.question == "q3":
+            raise to.BudgetExceeded("spent")
+        await asyncio.sleep(0.5)
+        finished.append(ex.question)
+        return to.Variable(ex.answer)
+
+    with pytest.raises(to.BudgetExceeded, match="spent"):  # the error itself, not an exception group
+        evaluate(forward, [Ex(f"q{i}", "a") for i in range(100)], concurrency=4)
+    assert started == ["q0", "q1", "q2", "q3"]  # in order, at most 4 at once, none after the stop
+    assert finished == []  # the three in flight were cancelled, not left running
+
+
 def test_metric_error_is_raised_naming_the_example():
     with pytest.raises(ZeroDivisionError) as info:
         evaluate(make_forward(echo_engine()), examples(3), metric=lambda ex, out: 1 / 0)

@@ -219,39 +219,65 @@ async def score_examples(
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"concurrency must be an integer >= 1 or None, got {concurrency!r}")
     metric = metric or default_metric
-    sem = asyncio.Semaphore(limit)
     call = _Caller(limit)
 
     async def one(i: int, example: Any) -> Scored:
-        async with sem:
-            try:
-                out = await call(forward, example)
-            except (BudgetExceeded, EngineUnavailable):
-                raise  # a stop signal, not a result
-            except Exception as exc:
-                node = exc.variable if isinstance(exc, TraceError) else None
-                message = f"{type(exc).__name__}: {exc}"
-                return Scored(EvalRow(example, "", 0.0, f"the program raised {message}", message), node)
-            if isinstance(out, str):
-                out = Variable(out, role="output of the forward function")
-            if not isinstance(out, Variable):
-                raise TypeError(f"forward must return a textopt Variable (or str), got {type(out).__name__}")
-            started = time.perf_counter()
-            try:
-                raw = await call(metric, example, out)
-                value, feedback = as_score(raw)
-            except Exception as exc:
-                exc.add_note(f"textopt: the metric failed on example {i} ({_short(example)})")
-                raise
-            finally:
-                for clock in _scoring_clocks.get():
-                    clock[0] += time.perf_counter() - started
-            return Scored(EvalRow(example, out.text, value, feedback), out)
+        try:
+            out = await call(forward, example)
+        except (BudgetExceeded, EngineUnavailable):
+            raise  # a stop signal, not a result
+        except Exception as exc:
+            node = exc.variable if isinstance(exc, TraceError) else None
+            message = f"{type(exc).__name__}: {exc}"
+            return Scored(EvalRow(example, "", 0.0, f"the program raised {message}", message), node)
+        if isinstance(out, str):
+            out = Variable(out, role="output of the forward function")
+        if not isinstance(out, Variable):
+            raise TypeError(f"forward must return a textopt Variable (or str), got {type(out).__name__}")
+        started = time.perf_counter()
+        try:
+            raw = await call(metric, example, out)
+            value, feedback = as_score(raw)
+        except Exception as exc:
+            exc.add_note(f"textopt: the metric failed on example {i} ({_short(example)})")
+            raise
+        finally:
+            for clock in _scoring_clocks.get():
+                clock[0] += time.perf_counter() - started
+        return Scored(EvalRow(example, out.text, value, feedback), out)
+
+    # `limit` workers take the examples in order: not one task per example waiting on a semaphore, which
+    # costs a task, a future and a wake-up per example (and memory in proportion to the data set)
+    results: list[Scored | None] = [None] * len(examples)
+    todo = iter(enumerate(examples))
+
+    async def worker() -> None:
+        for i, example in todo:
+            results[i] = await one(i, example)
 
     try:
-        return list(await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples))))
+        n = min(limit, len(examples))
+        if n == 1:
+            await worker()
+        elif n:
+            # the first error (a stop signal, a failing metric) cancels the other workers' calls
+            async with asyncio.TaskGroup() as group:
+                for _ in range(n):
+                    group.create_task(worker())
+    except BaseExceptionGroup as group_error:
+        raise _first(group_error) from None
     finally:
         call.close()
+    return results  # type: ignore[return-value]
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf of a TaskGroup's error: callers expect the error itself (BudgetExceeded, the metric's
+    ValueError), as gather gave it, not a group."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def aevaluate(
