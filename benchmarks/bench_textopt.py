@@ -144,6 +144,7 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
         batch = [train[(s * b + j) % len(train)] for j in range(b)]
         old = prompt.value
         n_fail = len(opt.failures)
+        n_calls = eng.usage.calls
         opt.zero_grad()
         outs = await asyncio.gather(*(llm.acall(to.Variable(e["question"], role="question")) for e in batch))
         error = ""
@@ -162,9 +163,18 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
         if not error and len(opt.failures) > n_fail:
             error = opt.failures[-1].error[:300]
         new = prompt.value
-        steps.append({"valid": not error and bool(new.strip()) and new != old, "changed": new != old, "error": error})
+        steps.append({"valid": not error and bool(new.strip()) and new != old, "changed": new != old, "error": error,
+                      "replies": _replies(eng, n_calls)})
     after = await answers(cfg["eval"]) if cfg["eval"] else []
     return {"available": True, "before": before, "after": after, "steps": steps, "final_prompt": prompt.value}
+
+
+def _replies(eng: Any, since: int, limit: int = 3000) -> list[str]:
+    """The optimizer model's replies since its call number `since` (losses, gradients, updates, re-asks),
+    kept in the results so that a step's failure can be read, not guessed. (`history` is bounded: the
+    count comes from the usage counter, and only the replies it still holds are returned.)"""
+    new = eng.usage.calls - since
+    return [completion.text[:limit] for _, completion in list(eng.history)[-new:]] if new > 0 else []
 
 
 async def _search_proposals(cfg: dict[str, Any], eng: Any, prompt: Any, llm: Any) -> dict[str, Any]:
@@ -185,6 +195,7 @@ async def _search_proposals(cfg: dict[str, Any], eng: Any, prompt: Any, llm: Any
     search = to.Search([prompt], forward=forward, train=cfg["train"], val=val, metric=metric, engine=eng, minibatch=b,
                        iterations=cfg["steps"], merge=False, perfect=None, seed=0, progress=False)
     res = await search.afit()
+    replies = _replies(eng, 0)
     steps: list[dict[str, Any]] = []
     skipped = 0
     for row in res.rows:
@@ -197,7 +208,7 @@ async def _search_proposals(cfg: dict[str, Any], eng: Any, prompt: Any, llm: Any
         err = "" if usable else f"no usable proposal ({row.get('failures', 0)} failed)"
         steps.append({"valid": bool(usable), "changed": bool(usable), "error": err})
     return {"available": True, "before": [], "after": [], "steps": steps[: cfg["steps"]], "skipped_perfect": skipped,
-            "final_prompt": prompt.value}
+            "final_prompt": prompt.value, "replies": replies}
 
 
 def _metric_feedback(reply: str, answer: str) -> str:
