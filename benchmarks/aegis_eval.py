@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--explore-temperature", type=float, default=0.7, help="temperature of iterations after the first in a turn")
     p.add_argument("--no-quote-failures", dest="quote_failures", action="store_false",
                    help="the defender's gradients without its failing texts quoted (the ablation)")
+    p.add_argument("--exemplars", type=int, default=0, help="labeled excerpts of missed training texts a defender "
+                   "proposal adds per iteration (0 = off)")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads for local engines")
     p.add_argument("--no-cache", action="store_true", help="ask the engine every time (default: textopt's disk cache)")
     p.add_argument("--bootstrap", type=int, default=2000)
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
                             pool_size=args.pool_size, seed=args.seed, out=str(out / "coevolve"), examples=extra,
                             buffer_size=args.buffer_size, gradient_tokens=args.gradient_tokens, callbacks=[progress],
                             patience=args.patience, explore_temperature=args.explore_temperature,
-                            quote_failures=args.quote_failures)
+                            quote_failures=args.quote_failures, exemplars=args.exemplars)
     t_evolve = time.perf_counter() - t0
     log(f"co-evolution: {result.rounds_run} rounds in {t_evolve:.0f} s, tokens {result.tokens}; "
         f"defense changed: {result.defense_prompt != seed_defense}")

@@ -80,6 +80,7 @@ async def acoevolve(
     patience: int = 1,
     explore_temperature: float = 0.7,
     quote_failures: bool = True,
+    exemplars: int = 0,
     resume: bool = False,
     budgets: Budgets | None = None,
     callbacks: Sequence[Callback | Callable[[dict[str, Any]], Any]] = (),
@@ -91,6 +92,8 @@ async def acoevolve(
         raise ValueError(f"rounds must be >= 0 and iterations >= 1, got rounds={rounds}, iterations={iterations}")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
         raise ValueError(f"patience must be an integer >= 1 (rounds without improvement before stopping), got {patience!r}")
+    if isinstance(exemplars, bool) or not isinstance(exemplars, int) or exemplars < 0:
+        raise ValueError(f"exemplars must be an integer >= 0 (labeled excerpts a defender proposal adds; 0 = off), got {exemplars!r}")
     if not 0.0 < explore_temperature <= 2.0:
         raise ValueError(f"explore_temperature must be in (0, 2], got {explore_temperature!r}")
     if not 0.0 < val_fraction < 1.0:
@@ -108,10 +111,10 @@ async def acoevolve(
     run = CoevolutionState(engine=eng, opt_engine=opt_eng, scenario=scen, items=items, examples=list(examples), seed=seed,
                val_fraction=val_fraction, pool_size=pool_size, buffer_size=buffer_size, weights=w, powers=p,
                report_cases=report_cases, max_chars=mc, iterations=iterations, gradient_tokens=gradient_tokens,
-               explore_temperature=explore_temperature, quote_failures=quote_failures)
+               explore_temperature=explore_temperature, quote_failures=quote_failures, exemplars=exemplars)
     config = {"rounds": rounds, "iterations": iterations, "pool_size": pool_size, "seed": seed,
               "val_fraction": val_fraction, "buffer_size": buffer_size, "report_cases": report_cases,
-              "patience": patience, "explore_temperature": explore_temperature, "quote_failures": quote_failures, "weights": w, "powers": p,
+              "patience": patience, "explore_temperature": explore_temperature, "quote_failures": quote_failures, "exemplars": exemplars, "weights": w, "powers": p,
               "scenario": scen.to_dict(), "engine": repr(eng), "optimizer_engine": repr(opt_eng),
               "train_items": len(run.items["train"]), "val_items": len(run.items["val"]),
               "train_examples": len(run.examples["train"]), "val_examples": len(run.examples["val"])}
@@ -208,7 +211,8 @@ def coevolve(
     options: scenario, examples (extra labeled texts for the defender, e.g. a corpus train split),
     val_fraction, buffer_size, weights, powers, report_cases, max_chars, gradient_tokens, patience,
     explore_temperature, quote_failures (the defender's failing texts quoted under its gradients; False for the
-    critique alone).
+    critique alone), exemplars (k > 0: each defender iteration also proposes its base prompt with k more labeled
+    excerpts of the training texts it got wrong, no LLM call; validation decides whether they are kept).
     out: the run directory (locked while running; a checkpoint after every round; result.json, history.json,
     history.csv, curves.png at the end). resume=True continues the run in `out` after its last completed
     round (pass the same arguments). budgets=textopt.run.Budgets(tokens=..., calls=..., usd=...) stops

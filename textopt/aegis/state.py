@@ -16,6 +16,7 @@ from ..prompts import RESERVED_TAGS, render, render_messages
 from ..variable import Variable
 from .buffer import GradientBuffer
 from .corpus import Example, split
+from .exemplars import with_exemplars
 from .judge import Judge
 from .metrics import AttackCase, AttackReport, Case, DetectorReport, combine
 from .pool import Candidate, Pool
@@ -101,7 +102,7 @@ class CoevolutionState:
                  examples: Sequence[Example], seed: int, val_fraction: float, pool_size: int,
                  buffer_size: int, weights: Mapping[str, float], powers: Mapping[str, float],
                  report_cases: int, max_chars: Mapping[str, int], iterations: int, gradient_tokens: int,
-                 explore_temperature: float = 0.7, quote_failures: bool = True) -> None:
+                 explore_temperature: float = 0.7, quote_failures: bool = True, exemplars: int = 0) -> None:
         self.engine, self.opt_engine, self.scenario, self.seed = engine, opt_engine, scenario, seed
         rng = random.Random(seed)
         order = list(items)
@@ -118,6 +119,7 @@ class CoevolutionState:
         self.report_cases, self.max_chars, self.iterations = report_cases, dict(max_chars), iterations
         self.explore_temperature = explore_temperature
         self.quote_failures = quote_failures
+        self.exemplars = exemplars
         self.gradient_tokens = gradient_tokens
         self.best: dict[str, str] = {}
         self.failures: list[dict[str, Any]] = []
@@ -276,11 +278,15 @@ class CoevolutionState:
             base, report = await self.learnable(side)
             label = f"round {round_no} iteration {it}"
             new = await self.step(side, base, report, label, None if it == 1 else self.explore_temperature)
-            if new is None or new in pool:
-                continue
-            cand = Candidate(new, born=label)
-            await self.score(side, cand, "train")
-            pool.add(cand)
+            proposals = [(new, label)]
+            if side == "defense" and self.exemplars:
+                proposals.append((self.exemplar_proposal(base, report, it - 1), f"{label} exemplars"))
+            for prompt, born in proposals:
+                if prompt is None or prompt in pool:
+                    continue
+                cand = Candidate(prompt, born=born)
+                await self.score(side, cand, "train")
+                pool.add(cand)
         await asyncio.gather(*(self.score(side, c, "val") for c in pool.members))
         best = pool.best_on_validation()
         prev_val, _, _ = await self.evaluate(side, self.best[side], self.best[_other(side)], "val")
@@ -288,6 +294,16 @@ class CoevolutionState:
         if improved:
             self.best[side] = best.prompt
         return improved
+
+    def exemplar_proposal(self, base: Candidate, report: Any, start: int) -> str | None:
+        """`base` with `exemplars` more labeled excerpts of what it got wrong on train (no LLM call): the
+        missed injections (for an attacked item, the injection itself) and the benign texts it flagged."""
+        missed = [f["quote"] for f in self.failing("defense", "tpr", report)]
+        flagged = [f["quote"] for f in self.failing("defense", "tnr", report)]
+        new = with_exemplars(base.prompt, list(dict.fromkeys(missed)), list(dict.fromkeys(flagged)), self.exemplars, start)
+        if new is not None and len(new) > self.max_chars["defense"]:
+            return None
+        return new
 
     async def learnable(self, side: str) -> tuple[Candidate, Any]:
         """The pool's best training candidate that still fails on some training case, with its report; the

@@ -32,6 +32,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-quote-failures", dest="quote_failures", action="store_false",
                    help="give the detector's update the critic's words alone, without the texts it failed on quoted "
                         "(the ablation of the default)")
+    p.add_argument("--exemplars", type=int, default=D["exemplars"], metavar="K",
+                   help="each detector iteration also proposes its prompt with K more labeled excerpts of the training "
+                        "texts it got wrong (no LLM call); validation decides if they stay (default: "
+                        f"{D['exemplars']}, off)")
     p.add_argument("--essays", type=int, default=D["essays"],
                    help=f"built-in clean essays used, half train, half validation (default: {D['essays']})")
     p.add_argument("--corpus", default=D["corpus"], metavar="FILE",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # -- recipe "aegis": co-evolution of injection attacks and a detector prompt ----------------------
 AEGIS_DEFAULTS: dict[str, Any] = {
     "engine": "local", "optimizer_engine": None, "base_url": None, "rounds": 2, "iterations": 2, "pool_size": 4,
-    "patience": 1, "buffer_size": 4, "quote_failures": True,
+    "patience": 1, "buffer_size": 4, "quote_failures": True, "exemplars": 0,
     "essays": 6, "corpus": None, "corpus_examples": 0, "attack": None, "defense": None, "max_tokens": None, "seed": 0,
     "no_cache": False, "budget_tokens": None, "budget_calls": None, "budget_usd": None, "latency": 0.0,
 }
@@ -69,7 +69,7 @@ class AegisJob(Job):
             benign=list(aegis.ESSAYS)[: a["essays"]], engine=self.engine, optimizer_engine=self.optimizer_engine,
             rounds=a["rounds"], iterations=a["iterations"], pool_size=a["pool_size"], seed=a["seed"], out=self.run_dir,
             patience=a["patience"], buffer_size=a["buffer_size"], quote_failures=a["quote_failures"],
-            examples=self.examples, resume=self.resuming, callbacks=self.callbacks, spec=self.spec.to_dict(),
+            exemplars=int(a.get("exemplars") or 0), examples=self.examples, resume=self.resuming, callbacks=self.callbacks, spec=self.spec.to_dict(),
             budgets=Budgets(tokens=a["budget_tokens"], calls=a["budget_calls"], usd=a["budget_usd"]),
         ).afit()
         return JobResult(result.to_dict(), best=result.best, history=result.history, run_dir=self.run_dir)
