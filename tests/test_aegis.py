@@ -496,9 +496,10 @@ def test_cli_runs_with_scripted_engine(tmp_path, capsys) -> None:
     from textopt.cli import main
 
     assert main(["aegis", "--engine", "fake", "--rounds", "1", "--iterations", "1", "--essays", "4",
-                 "--out", str(tmp_path / "cli")]) == 0
+                 "--exemplars", "2", "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "rounds run: 1" in out and (tmp_path / "cli" / "curves.png").exists()
+    assert json.loads((tmp_path / "cli" / "result.json").read_text())["config"]["exemplars"] == 2
     assert main(["resume", str(tmp_path / "cli"), "--rounds", "2", "--json"]) == 0  # the aegis recipe rebuilds it
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[0]["event"] == "start" and events[0]["resumed"] is True and events[-1]["event"] == "result"
