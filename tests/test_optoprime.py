@@ -249,7 +249,11 @@ def test_reply_cut_off_in_its_reasoning_still_yields_the_suggestion():
     opt.backward(out, "bad")
     opt.step()
     assert p.value == "Reply with one number." and opt.failures == [] and len(engine.calls) == 1
-    assert list(opt.schema()["properties"]) == ["suggestion", "reasoning"]
+    # the schema asks for the reasoning first (capped), so the suggestion is written after the model has said
+    # what to change: suggestion first, the 1.5B copied the current value into it and reasoned afterwards
+    schema = opt.schema()
+    assert list(schema["properties"]) == ["reasoning", "suggestion"] and schema["required"] == ["reasoning", "suggestion"]
+    assert schema["properties"]["reasoning"]["maxLength"] == to.optim.optoprime.REASONING_CHARS
 
 
 def test_reply_cut_off_inside_one_value_keeps_the_complete_ones():

@@ -3,7 +3,7 @@
 `backward(output, feedback)` only records what to send (no LLM call). `step()` renders the trace of
 every recorded output (see trace_view: a code-like line per call, what each op does, the trainable
 values in full, inputs, intermediate values, outputs), the feedback, constraints and `memory=k` past
-steps into one prompt and asks for `{"suggestion": {name: new value}, "reasoning": ...}`. The base
+steps into one prompt and asks for `{"reasoning": ..., "suggestion": {name: new value}}`. The base
 (Optimizer) checks and applies the suggestion.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ from .base import Optimizer, Proposal
 from .parse import _objects, loads, parse_reply
 from .trace_view import ancestors, build_view
 
+#: Characters of the reasoning the reply grammar allows before the suggestion (where a grammar is enforced).
+REASONING_CHARS = 600
 
 @dataclass
 class _Record:
@@ -102,18 +104,20 @@ class OptoPrime(Optimizer):
         names = [p.name for p in (params if params is not None else self.parameters)]
         return {
             "type": "object",
-            # suggestion first: a reply cut off at max_tokens (a small model looping in its reasoning) still
-            # carries a complete suggestion object, which `_suggestion` recovers.
+            # reasoning first, capped: asked for the suggestion first, the 1.5B copied the current value into it
+            # and only then reasoned that it should change (26 of 30 (d) steps unchanged after a re-ask). The
+            # cap keeps a small model that loops in its reasoning from never reaching the suggestion; a reply
+            # cut off inside the suggestion is still recovered by `_suggestion`.
             "properties": {
+                "reasoning": {"type": "string", "maxLength": REASONING_CHARS},
                 "suggestion": {
                     "type": "object",
                     "properties": {n: {"type": "string"} for n in names},
                     "required": names,
                     "additionalProperties": False,
                 },
-                "reasoning": {"type": "string"},
             },
-            "required": ["suggestion", "reasoning"],
+            "required": ["reasoning", "suggestion"],
             "additionalProperties": False,
         }
 
@@ -125,7 +129,7 @@ class OptoPrime(Optimizer):
         (the base records them as failures)."""
         if not self._records:
             return {}
-        shape = '{"suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in params) + '}, "reasoning": "..."}'
+        shape = '{"reasoning": "...", "suggestion": {' + ", ".join(f'"{p.name}": "..."' for p in params) + '}}'
         obj, reply = await self.ask_json(
             self.messages(params, rejected), self.schema(params), ["suggestion"], engine=self.resolve_engine(),
             temperature=temperature, shape=shape, parse=self._suggestion, **self.options,
