@@ -382,7 +382,9 @@ def wl_valid_updates(r: Runner, server: Any, model: str, mode: dict[str, Any], e
                            "error_counts": dict(counts.most_common(6)),
                            "usage": {k: v for k, v in (opt_server or server).stats(run_id).to_dict().items() if k != "prompt_chars"},
                            "seconds": out.get("wall_seconds"),
-                           "checkout": r.fw.info["textopt"]["version"]}  # which code the row ran on, once rows are merged
+                           "checkout": r.fw.info["textopt"]["version"],  # which code the row ran on, once rows are merged
+                           # each step's outcome and, where the framework gives them, the optimizer model's replies
+                           "per_step": [{k: s[k] for k in ("valid", "changed", "error", "replies") if k in s} for s in steps]}
             if opt_server is not None:  # the optimizer's calls are the reflection server's; the task model's apart
                 rows[label]["task_usage"] = {k: v for k, v in server.stats(run_id + "-task").to_dict().items() if k != "prompt_chars"}
         log(f"(d) {label}: {rows[label].get('rate', rows[label].get('reason'))}")
