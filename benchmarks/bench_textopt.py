@@ -144,7 +144,7 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
         batch = [train[(s * b + j) % len(train)] for j in range(b)]
         old = prompt.value
         n_fail = len(opt.failures)
-        n_calls = eng.usage.calls
+        n_calls = eng.usage.calls + eng.usage.cached_calls
         opt.zero_grad()
         outs = await asyncio.gather(*(llm.acall(to.Variable(e["question"], role="question")) for e in batch))
         error = ""
@@ -172,8 +172,8 @@ async def optimize(cfg: dict[str, Any]) -> dict[str, Any]:
 def _replies(eng: Any, since: int, limit: int = 3000) -> list[str]:
     """The optimizer model's replies since its call number `since` (losses, gradients, updates, re-asks),
     kept in the results so that a step's failure can be read, not guessed. (`history` is bounded: the
-    count comes from the usage counter, and only the replies it still holds are returned.)"""
-    new = eng.usage.calls - since
+    count comes from the usage counters, cache hits included, and only the replies it still holds are returned.)"""
+    new = eng.usage.calls + eng.usage.cached_calls - since
     return [completion.text[:limit] for _, completion in list(eng.history)[-new:]] if new > 0 else []
 
 
