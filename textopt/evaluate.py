@@ -256,14 +256,10 @@ async def score_examples(
             results[i] = await one(i, example)
 
     try:
-        n = min(limit, len(examples))
-        if n == 1:
-            await worker()
-        elif n:
-            # the first error (a stop signal, a failing metric) cancels the other workers' calls
-            async with asyncio.TaskGroup() as group:
-                for _ in range(n):
-                    group.create_task(worker())
+        # the first error (a stop signal, a failing metric) cancels the other workers' calls
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(limit, len(examples))):
+                group.create_task(worker())
     except BaseExceptionGroup as group_error:
         raise _first(group_error) from None
     finally:

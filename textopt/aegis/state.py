@@ -300,7 +300,7 @@ class CoevolutionState:
         missed injections (for an attacked item, the injection itself) and the benign texts it flagged."""
         missed = [f["quote"] for f in self.failing("defense", "tpr", report)]
         flagged = [f["quote"] for f in self.failing("defense", "tnr", report)]
-        new = with_exemplars(base.prompt, list(dict.fromkeys(missed)), list(dict.fromkeys(flagged)), self.exemplars, start)
+        new = with_exemplars(base.prompt, missed, flagged, self.exemplars, start)
         if new is not None and len(new) > self.max_chars["defense"]:
             return None
         return new

@@ -25,6 +25,7 @@ from .trace_view import ancestors, build_view
 #: Characters of the reasoning the reply grammar allows before the suggestion (where a grammar is enforced).
 REASONING_CHARS = 600
 
+
 @dataclass
 class _Record:
     output: Variable
